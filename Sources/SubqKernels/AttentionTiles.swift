@@ -1,0 +1,57 @@
+/// Register-blocked tiles for attention computed in transposed form.
+///
+/// FlashAttention's inner loop computes a score block S = Q Kᵀ (queries × keys), a row softmax, and
+/// O += P V. Here every block is kept transposed, with the *query* index running along the SIMD
+/// lanes:
+///
+///     Sᵀ[j][i] = Σ_d K[j][d] · Qᵀ[d][i]        (key rows j, query lanes i)
+///     Oᵀ[c][i] = α[i] · Oᵀ[c][i] + Σ_j V[j][c] · Pᵀ[j][i]
+///
+/// Qᵀ is packed once per query block and reused against every key block; K and V are read in
+/// place, one broadcast scalar per row, so no key or value block is ever packed or transposed. The
+/// per-query softmax statistics (running max, running sum) are then plain lane vectors: the row
+/// max over a key block is an element-wise max down the rows of Sᵀ, with no horizontal
+/// reductions.
+///
+/// The tiles are 6 rows by `tileVectors` lane vectors (64 queries on AVX-512, 16 elsewhere), with
+/// all accumulators in registers. Callers clamp row pointers past the end of a block to a valid row
+/// and discard (mask) those results, so there are no remainder kernels and no reads out of bounds.
+package enum AttentionTiles {
+  /// Rows per tile.
+  package static let rows = 6
+  /// Queries per tile (lanes per tile row).
+  package static let width = tileVectors * laneWidth
+
+  /// `qkTile4` or `qkTile2`, whichever matches the build's lane width.
+  @inlinable @inline(__always)
+  package static func qkTile(
+    _ k0: UnsafePointer<Float>, _ k1: UnsafePointer<Float>, _ k2: UnsafePointer<Float>,
+    _ k3: UnsafePointer<Float>, _ k4: UnsafePointer<Float>, _ k5: UnsafePointer<Float>,
+    depth: Int, qt: UnsafePointer<Lane>, qtStride: Int,
+    st: UnsafeMutablePointer<Lane>, stStride: Int, rowMax: UnsafeMutablePointer<Lane>, updateMax: Bool
+  ) {
+    #if SUBQ_AVX512
+    qkTile4(k0, k1, k2, k3, k4, k5, depth: depth, qt: qt, qtStride: qtStride, st: st, stStride: stStride,
+            rowMax: rowMax, updateMax: updateMax)
+    #else
+    qkTile2(k0, k1, k2, k3, k4, k5, depth: depth, qt: qt, qtStride: qtStride, st: st, stStride: stStride,
+            rowMax: rowMax, updateMax: updateMax)
+    #endif
+  }
+
+  /// `pvTile4` or `pvTile2`, whichever matches the build's lane width.
+  @inlinable @inline(__always)
+  package static func pvTile(
+    _ vRows: UnsafePointer<Float>, ldv: Int, _ c0: Int, _ c1: Int, _ c2: Int, _ c3: Int, _ c4: Int, _ c5: Int,
+    count: Int, p: UnsafePointer<Lane>, pStride: Int,
+    ot: UnsafeMutablePointer<Lane>, otStride: Int, alpha: UnsafePointer<Lane>
+  ) {
+    #if SUBQ_AVX512
+    pvTile4(vRows, ldv: ldv, c0, c1, c2, c3, c4, c5, count: count, p: p, pStride: pStride, ot: ot,
+            otStride: otStride, alpha: alpha)
+    #else
+    pvTile2(vRows, ldv: ldv, c0, c1, c2, c3, c4, c5, count: count, p: p, pStride: pStride, ot: ot,
+            otStride: otStride, alpha: alpha)
+    #endif
+  }
+}

@@ -1,0 +1,2 @@
+import Subquadratic
+print(BuildInfo.summary)
