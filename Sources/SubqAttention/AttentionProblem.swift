@@ -181,7 +181,7 @@ public struct AttentionProblem: Sendable {
       let ok = (s.rank == 1 && s.shape[0] == Hq) || (s.rank == 2 && s.shape == [B, Hq])
       if !ok { throw .shape(op: op, tensor: "alibi slopes", shape: s.shape, reason: "expected [\(Hq)] or [\(B), \(Hq)]") }
       if let bad = s.firstNonFinite() {
-        throw .nonFinite(op: op, tensor: "alibi slopes", index: s.index(ofFlat: bad), value: "\(s[flat: bad])")
+        throw .nonFinite(op: op, tensor: "alibi slopes", index: s.index(ofFlat: bad), value: SubqError.describe(s[flat: bad]))
       }
       let flat = s.scalars
       alibi = s.rank == 1 ? (0..<B).flatMap { _ in flat } : flat
@@ -250,10 +250,10 @@ public struct AttentionProblem: Sendable {
     op: String, _ q: Tensor, _ k: Tensor, _ v: Tensor, partialKeys: Bool,
     sequences: [AttentionSequence], layout: AttentionLayout, Hkv: Int, Nk: Int, D: Int, Dv: Int
   ) throws(SubqError) {
-    if let bad = q.firstNonFinite() { throw .nonFinite(op: op, tensor: "Q", index: q.index(ofFlat: bad), value: "\(q[flat: bad])") }
+    if let bad = q.firstNonFinite() { throw .nonFinite(op: op, tensor: "Q", index: q.index(ofFlat: bad), value: SubqError.describe(q[flat: bad])) }
     if !partialKeys {
-      if let bad = k.firstNonFinite() { throw .nonFinite(op: op, tensor: "K", index: k.index(ofFlat: bad), value: "\(k[flat: bad])") }
-      if let bad = v.firstNonFinite() { throw .nonFinite(op: op, tensor: "V", index: v.index(ofFlat: bad), value: "\(v[flat: bad])") }
+      if let bad = k.firstNonFinite() { throw .nonFinite(op: op, tensor: "K", index: k.index(ofFlat: bad), value: SubqError.describe(k[flat: bad])) }
+      if let bad = v.firstNonFinite() { throw .nonFinite(op: op, tensor: "V", index: v.index(ofFlat: bad), value: SubqError.describe(v[flat: bad])) }
       return
     }
     let kr = RowAddressing(layout: layout, heads: Hkv, length: Nk, width: D)
@@ -265,7 +265,7 @@ public struct AttentionProblem: Sendable {
             for j in seq.keyStart..<(seq.keyStart + seq.keyCount) {
               let base = rows.offset(batch: seq.batch, head: h, row: j)
               for x in 0..<width where !p[base + x].isFinite {
-                throw .nonFinite(op: op, tensor: name, index: t.index(ofFlat: base + x), value: "\(p[base + x])")
+                throw .nonFinite(op: op, tensor: name, index: t.index(ofFlat: base + x), value: SubqError.describe(p[base + x]))
               }
             }
           }

@@ -137,6 +137,8 @@ struct FlashPlan: Sendable {
   /// Value columns in the output buffer (Dv rounded up to the tile height).
   let rowsV: Int
   let scratchFloats: Int
+  /// Offsets (in floats) of the scratch regions: Qᵀ, Sᵀ, Oᵀ and the statistics vectors.
+  let stOffset: Int, otOffset: Int, vecOffset: Int, vecStride: Int
 
   init(_ p: AttentionProblem, blockQ: Int, blockK: Int) {
     self.p = p
@@ -149,8 +151,16 @@ struct FlashPlan: Sendable {
     rowsV = (p.valueDim + r - 1) / r * r
     // Qᵀ [D][blockQ], Sᵀ [rowsK][blockQ], Oᵀ [rowsV][blockQ], then 6 vectors of blockQ:
     // max, safe max, alpha, sum, block sum, spare; each region rounded to 16 floats (64 bytes).
+    // Each region starts on a 64-byte line, skewed by a few lines so that rows of different
+    // regions with the same index do not share their low 12 address bits (4K aliasing stalls
+    // loads behind unrelated stores).
     func round16(_ n: Int) -> Int { (n + 15) / 16 * 16 }
-    scratchFloats = round16(p.headDim * blockQ) + round16(rowsK * blockQ) + round16(rowsV * blockQ) + 6 * round16(blockQ)
+    let skew = 3
+    stOffset = round16(p.headDim * blockQ) + skew * 16
+    otOffset = stOffset + round16(rowsK * blockQ) + skew * 16
+    vecOffset = otOffset + round16(rowsV * blockQ) + skew * 16
+    vecStride = round16(blockQ)
+    scratchFloats = vecOffset + 6 * vecStride + skew * 16
   }
 
   /// The visible key range of query rows `i0..<i1` of `seq` (empty if none).
@@ -164,16 +174,22 @@ struct FlashPlan: Sendable {
   /// Every (sequence, head, query block), heaviest first so the dynamic schedule ends balanced.
   func workItems() -> [FlashWorkItem] {
     var items: [(cost: Int, item: FlashWorkItem)] = []
+    // Consecutive items share a head, so its keys and values stay in the worker's cache.
     for (si, seq) in p.sequences.enumerated() where seq.queryCount > 0 {
-      for i0 in stride(from: 0, to: seq.queryCount, by: blockQ) {
-        let cost = keyRange(seq, i0, min(i0 + blockQ, seq.queryCount)).count + 1
-        for h in 0..<p.queryHeads {
+      for h in 0..<p.queryHeads {
+        for i0 in stride(from: 0, to: seq.queryCount, by: blockQ) {
+          let cost = keyRange(seq, i0, min(i0 + blockQ, seq.queryCount)).count + 1
           items.append((cost, FlashWorkItem(sequence: Int32(si), head: Int32(h), firstQuery: Int32(i0))))
         }
       }
     }
+    // Heaviest first (a stable sort keeps the head order within equal costs).
     let uniform = items.allSatisfy { $0.cost == items.first?.cost }
-    if !uniform { items.sort { $0.cost > $1.cost } }
+    if !uniform {
+      items = items.enumerated().sorted { a, b in
+        a.element.cost != b.element.cost ? a.element.cost > b.element.cost : a.offset < b.offset
+      }.map(\.element)
+    }
     return items.map(\.item)
   }
 
@@ -196,12 +212,11 @@ struct FlashPlan: Sendable {
     let qRows = p.queryRows, kRows = p.keyRows, vRows = p.valueRows, oRows = p.outputRows
 
     // Scratch regions (see init).
-    func round16(_ n: Int) -> Int { (n + 15) / 16 * 16 }
     let qtF = scratch                                   // Qᵀ  [D][blockQ]
-    let stF = qtF + round16(D * blockQ)                 // Sᵀ  [rowsK][blockQ]
-    let otF = stF + round16(rowsK * blockQ)             // Oᵀ  [rowsV][blockQ]
-    let vecs = otF + round16(rowsV * blockQ)
-    let stride16 = round16(blockQ)
+    let stF = scratch + stOffset                        // Sᵀ  [rowsK][blockQ]
+    let otF = scratch + otOffset                        // Oᵀ  [rowsV][blockQ]
+    let vecs = scratch + vecOffset
+    let stride16 = vecStride
     let qt = UnsafeMutableRawPointer(qtF).assumingMemoryBound(to: Lane.self)
     let st = UnsafeMutableRawPointer(stF).assumingMemoryBound(to: Lane.self)
     let ot = UnsafeMutableRawPointer(otF).assumingMemoryBound(to: Lane.self)

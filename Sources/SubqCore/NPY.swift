@@ -26,8 +26,15 @@ public enum NPY {
     return try decode(data, name: path)
   }
 
-  /// Decodes the bytes of a `.npy` file; `name` is used in error messages.
-  public static func decode(_ data: Data, name: String) throws(SubqError) -> Tensor {
+  /// The parsed preamble and header of a `.npy` file.
+  struct Header {
+    var descr: String
+    var shape: [Int]
+    var dataStart: Int
+    var count: Int { shape.reduce(1, *) }
+  }
+
+  static func parseHeader(_ data: Data, name: String) throws(SubqError) -> Header {
     func fail(_ reason: String) -> SubqError { .file(path: name, reason: "not a valid .npy file: " + reason) }
     guard data.count >= 10 else { throw fail("\(data.count) bytes is shorter than the 10-byte preamble") }
     let bytes = [UInt8](data.prefix(12))
@@ -59,39 +66,48 @@ public enum NPY {
     } catch {
       throw fail("header cannot be parsed (\(error.message))")
     }
-
     guard case .string(let descr)? = dict["descr"] else { throw fail("header has no 'descr'") }
     guard case .bool(let fortran)? = dict["fortran_order"] else { throw fail("header has no 'fortran_order'") }
     guard case .tuple(let shape)? = dict["shape"] else { throw fail("header has no 'shape'") }
     if fortran { throw .file(path: name, reason: "Fortran-order arrays are not supported; save the array in C order (np.ascontiguousarray)") }
     if shape.contains(where: { $0 < 0 }) { throw fail("negative extent in shape \(shape)") }
-
     let order = descr.first, kind = descr.dropFirst()
-    if descr.hasPrefix("|O") || descr == "O" || kind.hasPrefix("O") {
+    if descr == "O" || kind.hasPrefix("O") {
       throw .file(path: name, reason: "object arrays are not supported (dtype \(descr))")
     }
     if order == ">" { throw .file(path: name, reason: "big-endian data (dtype \(descr)) is not supported; use little-endian") }
     guard order == "<" || order == "=" || order == "|" else { throw fail("dtype \(descr) has no byte order") }
+    return Header(descr: descr, shape: shape, dataStart: headerStart + headerLength)
+  }
+
+  /// Checks that the data after the header is exactly `count · width` bytes.
+  static func checkLength(_ data: Data, _ h: Header, width: Int, name: String) throws(SubqError) {
+    let available = data.count - h.dataStart
+    let needed = h.count * width
+    if available < needed {
+      throw .file(path: name, reason: "truncated: shape \(h.shape) of \(h.descr) needs \(needed) data bytes, the file has \(available)")
+    }
+    if available > needed {
+      throw .file(path: name, reason: "shape \(h.shape) of \(h.descr) needs \(needed) data bytes, the file has \(available)")
+    }
+  }
+
+  /// Decodes the bytes of a `.npy` file; `name` is used in error messages.
+  public static func decode(_ data: Data, name: String) throws(SubqError) -> Tensor {
+    let h = try parseHeader(data, name: name)
     let width: Int
-    switch kind {
+    switch h.descr.dropFirst() {
     case "f2": width = 2
     case "f4": width = 4
     case "f8": width = 8
     default:
-      throw .file(path: name, reason: "dtype \(descr) is not supported (float16, float32 and float64 are)")
+      throw .file(path: name, reason: "dtype \(h.descr) is not supported (float16, float32 and float64 are)")
     }
-    let count = shape.reduce(1, *)
-    let dataStart = headerStart + headerLength
-    let available = data.count - dataStart
-    if available < count * width {
-      throw .file(path: name, reason: "truncated: shape \(shape) of \(descr) needs \(count * width) data bytes, the file has \(available)")
-    }
-    if available > count * width {
-      throw .file(path: name, reason: "shape \(shape) of \(descr) needs \(count * width) data bytes, the file has \(available)")
-    }
+    try checkLength(data, h, width: width, name: name)
+    let count = h.count
     return data.withUnsafeBytes { raw in
-      let src = raw.baseAddress! + dataStart
-      return Tensor(shape: shape) { dst in
+      let src = raw.baseAddress! + h.dataStart
+      return Tensor(shape: h.shape) { dst in
         switch width {
         case 2:
           for i in 0..<count { dst[i] = Float(Float16(bitPattern: UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))) }
@@ -102,6 +118,54 @@ public enum NPY {
         }
       }
     }
+  }
+
+  /// Reads a one-dimensional `.npy` array of integers — int8…int64, uint8…uint64, or floats
+  /// holding whole numbers — such as cumulative sequence lengths or key lengths.
+  public static func readIntegers(_ path: String) throws(SubqError) -> [Int] {
+    let data: Data
+    do {
+      data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
+    } catch {
+      throw .file(path: path, reason: FileManager.default.fileExists(atPath: path) ? "cannot be read" : "no such file")
+    }
+    let h = try parseHeader(data, name: path)
+    guard h.shape.count == 1 else {
+      throw .file(path: path, reason: "expected a one-dimensional array of integers, got shape \(h.shape)")
+    }
+    let kind = String(h.descr.dropFirst())
+    let widths = ["i1": 1, "i2": 2, "i4": 4, "i8": 8, "u1": 1, "u2": 2, "u4": 4, "u8": 8, "f2": 2, "f4": 4, "f8": 8]
+    guard let width = widths[kind] else {
+      throw .file(path: path, reason: "dtype \(h.descr) is not an integer or float type")
+    }
+    try checkLength(data, h, width: width, name: path)
+    var out: [Int] = []
+    out.reserveCapacity(h.count)
+    let badEntry: Int? = data.withUnsafeBytes { raw -> Int? in
+      let src = raw.baseAddress! + h.dataStart
+      for i in 0..<h.count {
+        let o = i * width
+        let value: Int?
+        switch kind {
+        case "i1": value = Int(src.load(fromByteOffset: o, as: Int8.self))
+        case "i2": value = Int(Int16(littleEndian: src.loadUnaligned(fromByteOffset: o, as: Int16.self)))
+        case "i4": value = Int(Int32(littleEndian: src.loadUnaligned(fromByteOffset: o, as: Int32.self)))
+        case "i8": value = Int(Int64(littleEndian: src.loadUnaligned(fromByteOffset: o, as: Int64.self)))
+        case "u1": value = Int(src.load(fromByteOffset: o, as: UInt8.self))
+        case "u2": value = Int(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: o, as: UInt16.self)))
+        case "u4": value = Int(UInt32(littleEndian: src.loadUnaligned(fromByteOffset: o, as: UInt32.self)))
+        case "u8": value = Int(exactly: UInt64(littleEndian: src.loadUnaligned(fromByteOffset: o, as: UInt64.self)))
+        case "f2": value = Int(exactly: Float(Float16(bitPattern: UInt16(littleEndian: src.loadUnaligned(fromByteOffset: o, as: UInt16.self)))))
+        case "f4": value = Int(exactly: Float(bitPattern: UInt32(littleEndian: src.loadUnaligned(fromByteOffset: o, as: UInt32.self))))
+        default: value = Int(exactly: Double(bitPattern: UInt64(littleEndian: src.loadUnaligned(fromByteOffset: o, as: UInt64.self))))
+        }
+        guard let value else { return i }
+        out.append(value)
+      }
+      return nil
+    }
+    if let badEntry { throw .file(path: path, reason: "entry \(badEntry) is not a whole number") }
+    return out
   }
 
   /// The bytes of a `.npy` file holding `tensor` as little-endian float32 in C order.

@@ -37,4 +37,9 @@ public enum SubqError: Error, Equatable, Sendable, CustomStringConvertible {
       return "\(op): cancelled"
     }
   }
+
+  /// How a non-finite value is named in messages: "NaN", "+inf" or "-inf".
+  public static func describe(_ value: Float) -> String {
+    value.isNaN ? "NaN" : value == .infinity ? "+inf" : value == -.infinity ? "-inf" : "\(value)"
+  }
 }

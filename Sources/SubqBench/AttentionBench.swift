@@ -1,0 +1,133 @@
+import Foundation
+import SubqAttention
+import SubqCore
+
+/// `subq bench`: times one attention method over a list of lengths.
+public struct AttentionBench {
+  public struct Config: Sendable {
+    public var lengths: [Int]
+    public var batch = 1
+    public var heads = 8
+    public var kvHeads = 8
+    public var dim = 64
+    public var causal = false
+    public var repeats = 5
+    public var data = DataKind.gaussian
+    public var seed: UInt64 = 1
+    public var threads = Parallel.defaultThreads
+    /// Rows of the exactness check against the Float64 reference (last rows of head 0).
+    public var checkRows = 128
+
+    public init(lengths: [Int]) { self.lengths = lengths }
+  }
+
+  /// One measured length.
+  public struct Row: Sendable, Codable {
+    public var n: Int
+    public var medianSeconds: Double
+    public var minSeconds: Double
+    /// FLOPs of exact attention on the visible pairs (4·B·Hq·N²·D non-causal, about half causal).
+    public var flops: Double
+    public var gflops: Double
+    /// Peak resident memory of the process during the timed runs.
+    public var peakResidentBytes: Double
+    /// Resident memory beyond the inputs and outputs at the peak.
+    public var extraBytes: Double
+    /// Relative Frobenius error of the checked rows against the Float64 reference.
+    public var checkError: Double
+    /// For approximate methods: relative Frobenius error of the whole output against exact
+    /// `flash` on the same inputs.
+    public var errorVsFlash: Double?
+  }
+
+  public let method: any AttentionMethod
+  public let config: Config
+
+  public init(method: any AttentionMethod, config: Config) {
+    self.method = method
+    self.config = config
+  }
+
+  /// Runs every length; `progress` gets a line per finished length.
+  public func run(progress: (Row) -> Void = { _ in }) throws(SubqError) -> [Row] {
+    var rows: [Row] = []
+    let info = type(of: method).info
+    for n in config.lengths {
+      let d = ProblemData.make(kind: config.data, batch: config.batch, heads: config.heads, kvHeads: config.kvHeads,
+                               queries: n, keys: n, dim: config.dim, causal: config.causal, seed: config.seed &+ UInt64(n))
+      let opts = AttentionOptions(causal: config.causal, threads: config.threads)
+      let problem = try AttentionProblem.validate(op: "bench", queries: d.queries, keys: d.keys, values: d.values, options: opts)
+
+      // Exactness check first: the last rows of head 0 (bottom-right alignment keeps their
+      // positions) against the Float64 reference.
+      let first = try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+      let m = min(config.checkRows, n)
+      let qSlice = sliceRows(d.queries, head: 0, from: n - m, count: m)
+      let kSlice = sliceRows(d.keys, head: 0, from: 0, count: n)
+      let vSlice = sliceRows(d.values, head: 0, from: 0, count: n)
+      let ref = try NaiveAttention.reference(queries: qSlice, keys: kSlice, values: vSlice, options: opts)
+      let got = sliceRows(first.output, head: 0, from: n - m, count: m)
+      let checkError = relativeError(got, ref.output)
+
+      var errorVsFlash: Double? = nil
+      if !info.isExact {
+        let exact = try FlashAttention().attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+        errorVsFlash = relativeError(first.output, exact.output.scalars.map(Double.init))
+      }
+
+      let inputBytes = Double(d.queries.count + d.keys.count + d.values.count) * 4
+      let outputBytes = Double(problem.outputShape.reduce(1, *)) * 4
+      MachineInfo.resetPeakResident()
+      let base = Double(MachineInfo.residentBytes())
+      var failure: SubqError? = nil
+      let timing = Timing.measure(repeats: config.repeats, warmup: 0) {
+        do {
+          let r = try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+          blackHole(r.output)
+        } catch { failure = error as? SubqError }
+      }
+      if let failure { throw failure }
+      let peak = Double(MachineInfo.peakResidentBytes())
+      _ = inputBytes
+      let flops = problem.flops
+      let row = Row(n: n, medianSeconds: timing.median, minSeconds: timing.min, flops: flops,
+                    gflops: flops / timing.median / 1e9, peakResidentBytes: peak,
+                    extraBytes: max(0, peak - base - outputBytes), checkError: checkError, errorVsFlash: errorVsFlash)
+      rows.append(row)
+      progress(row)
+    }
+    return rows
+  }
+}
+
+/// Rows `from..<from+count` of one head of a `[B, H, N, X]` tensor, as `[B, 1, count, X]`.
+func sliceRows(_ t: Tensor, head: Int, from: Int, count: Int) -> Tensor {
+  let (B, H, N, X) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3])
+  return t.withUnsafeBufferPointer { p in
+    Tensor(shape: [B, 1, count, X]) { o in
+      for b in 0..<B {
+        for i in 0..<count {
+          let src = ((b * H + head) * N + from + i) * X
+          let dst = (b * count + i) * X
+          for x in 0..<X { o[dst + x] = p[src + x] }
+        }
+      }
+    }
+  }
+}
+
+/// Relative Frobenius error of `x` against `ref`.
+public func relativeError(_ x: Tensor, _ ref: [Double]) -> Double {
+  var num = 0.0, den = 0.0
+  x.withUnsafeBufferPointer { p in
+    for i in 0..<min(p.count, ref.count) {
+      let d = Double(p[i]) - ref[i]
+      num += d * d
+      den += ref[i] * ref[i]
+    }
+  }
+  return den > 0 ? (num / den).squareRoot() : num.squareRoot()
+}
+
+/// Keeps a value alive and opaque to the optimizer, so benchmarked work is not deleted.
+@inline(never) public func blackHole<T>(_ x: T) { withExtendedLifetime(x) {} }

@@ -1,0 +1,30 @@
+import ArgumentParser
+import Foundation
+import Subquadratic
+import SubqBench
+
+/// `subq peak`: this machine's fp32 FMA rate and memory bandwidth.
+struct PeakCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "peak", abstract: "Measure this machine's fp32 FMA rate (one thread, all threads) and memory bandwidth.")
+
+  @Option(help: "Threads for the all-thread figures (default: all cores).") var threads: Int?
+  @Flag(help: "Print JSON instead of a table.") var json = false
+
+  func run() throws {
+    let t = threads ?? Parallel.defaultThreads
+    if t < 1 { throw SubqError.argument(op: "peak", name: "--threads", value: "\(t)", reason: "must be at least 1") }
+    let p = MachinePeak.measure(threads: t)
+    if json {
+      let enc = JSONEncoder()
+      enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+      print(String(decoding: try enc.encode(p), as: UTF8.self))
+      return
+    }
+    print(BuildInfo.summary)
+    print("\(MachineInfo.cpuModel), \(MachineInfo.cores) cores")
+    print(String(format: "fp32 FMA, 1 thread:   %7.1f GFLOP/s", p.flopsOneThread))
+    print(String(format: "fp32 FMA, %d threads:  %7.1f GFLOP/s", p.threads, p.flopsAllThreads))
+    print(String(format: "memory copy, %d threads: %5.1f GB/s (bytes read + written)", p.threads, p.copyBandwidth))
+  }
+}

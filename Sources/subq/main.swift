@@ -1,2 +1,0 @@
-import Subquadratic
-print(BuildInfo.summary)
