@@ -14,6 +14,7 @@ struct Subq: ParsableCommand {
     version: BuildInfo.version,
     subcommands: [
       AttentionCommand.self,
+      AttentionBackwardCommand.self,
       BenchCommand.self,
       PeakCommand.self,
       MethodsCommand.self,
