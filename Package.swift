@@ -84,8 +84,11 @@ let package = Package(
     .target(name: "SubqAttention", dependencies: ["SubqCore", "SubqKernels"], swiftSettings: compute),
     /// Decoding: split-KV (Flash-Decoding) attention and the paged KV cache.
     .target(name: "SubqDecoding", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
+    /// Long-context decoding that attends only to selected cached tokens: TokenSelect and
+    /// RetrievalAttention (with its inner-product graph index).
+    .target(name: "SubqKVSelection", dependencies: ["SubqCore", "SubqKernels", "SubqAttention", "SubqDecoding"], swiftSettings: compute),
     /// The umbrella module: re-exports every family and holds the method registry.
-    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqDecoding"], swiftSettings: compute),
+    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqDecoding", "SubqKVSelection"], swiftSettings: compute),
 
     // MARK: - Tools
     /// Benchmark harness, machine limits and the comparison reports behind `subq`.
@@ -101,6 +104,7 @@ let package = Package(
     .testTarget(name: "SubqKernelsTests", dependencies: ["SubqKernels", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqAttentionTests", dependencies: ["SubqAttention", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqDecodingTests", dependencies: ["SubqDecoding", "SubqTestSupport"], swiftSettings: compute),
+    .testTarget(name: "SubqKVSelectionTests", dependencies: ["SubqKVSelection", "subq", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqCLITests", dependencies: ["subq", "SubqTestSupport"], swiftSettings: compute),
   ],
   swiftLanguageModes: [.v6]

@@ -2,6 +2,7 @@
 @_exported import SubqAttention
 @_exported import SubqCore
 @_exported import SubqDecoding
+@_exported import SubqKVSelection
 
 /// Every attention method in the library, by name.
 public enum AttentionMethods {
@@ -10,6 +11,7 @@ public enum AttentionMethods {
     FlashAttention.self,
     NaiveAttention.self,
     SplitKVAttention.self,
+    TokenSelect.self,
   ]
 
   /// The method type registered under `name`.

@@ -18,6 +18,7 @@ struct Subq: ParsableCommand {
       BenchCommand.self,
       PeakCommand.self,
       MethodsCommand.self,
+      SelectBenchCommand.self,
     ])
 
   static func main() {

@@ -1,0 +1,59 @@
+import SubqCore
+import SubqDecoding
+
+/// Ground truth for key selection on a paged cache: the true top keys of each query by inner
+/// product, and the recall of a selection against them.
+public enum SelectionMetrics {
+  /// For every query row, the `k` cached positions whose keys have the largest inner product with
+  /// it (raw `q · k`, ties: lower position), sorted ascending.
+  ///
+  /// - Parameters:
+  ///   - queries: `[B, Hq, Nq, D]` (bhsd); row `(b·Hq + h)·Nq + i` uses `sequences[b]` and key/value
+  ///     head `h / (Hq / Hkv)`.
+  ///   - excludingFirst, excludingLast: only positions in `excludingFirst ..< n − excludingLast` count
+  ///     (for a method's retrievable range: sinks and window left out).
+  /// - Complexity: O(B·Hq·Nq·n·D), every key scanned.
+  public static func exactTopKeys(
+    queries: Tensor, cache: PagedKVCache, layer: Int, sequences: [PagedKVCache.SequenceID], k: Int,
+    excludingFirst: Int = 0, excludingLast: Int = 0, threads: Int = Parallel.defaultThreads
+  ) throws(SubqError) -> [[Int]] {
+    let op = "selection.exactTopKeys"
+    let c = cache.configuration
+    guard queries.rank == 4, queries.shape[0] == sequences.count, queries.shape[1] % c.kvHeads == 0, queries.shape[3] == c.headDim else {
+      throw .shape(op: op, tensor: "Q", shape: queries.shape,
+                   reason: "expected [\(sequences.count), Hq, Nq, \(c.headDim)] with Hq a multiple of \(c.kvHeads)")
+    }
+    if k < 0 { throw .argument(op: op, name: "k", value: "\(k)", reason: "must be ≥ 0") }
+    var views: [PagedSequenceView] = []
+    for s in sequences { views.append(try cache.view(s, layer: layer)) }
+    let (B, Hq, Nq, D) = (queries.shape[0], queries.shape[1], queries.shape[2], queries.shape[3])
+    let G = Hq / c.kvHeads
+    var out = [[Int]](repeating: [], count: B * Hq * Nq)
+    let vs = views
+    queries.withUnsafeBufferPointer { qb in
+      out.withUnsafeMutableBufferPointer { ob in
+        let qp = SendablePointer(qb.baseAddress!), op = SendablePointer(ob.baseAddress!)
+        Parallel.forEach(B * Hq * Nq, threads: threads) { r, _ in
+          let b = r / (Hq * Nq), h = (r / Nq) % Hq
+          let keys = RowSource.keys(vs[b], head: h / G)
+          let n = vs[b].length
+          let lo = Swift.min(excludingFirst, n), hi = Swift.max(lo, n - excludingLast)
+          let f = ProximityGraph.exactSearch(qp.pointer + r * D, keys: keys, k: k, allowed: lo..<hi)
+          op.pointer[r] = f.ids.map(Int.init).sorted()
+        }
+      }
+    }
+    withExtendedLifetime(cache) {}
+    return out
+  }
+
+  /// |truth ∩ selected| / |truth| (1 when truth is empty); both sorted ascending.
+  public static func recall(truth: [Int], selected: [Int]) -> Double {
+    if truth.isEmpty { return 1 }
+    var i = 0, j = 0, hit = 0
+    while i < truth.count && j < selected.count {
+      if truth[i] == selected[j] { hit += 1; i += 1; j += 1 } else if truth[i] < selected[j] { i += 1 } else { j += 1 }
+    }
+    return Double(hit) / Double(truth.count)
+  }
+}

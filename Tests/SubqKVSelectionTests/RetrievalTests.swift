@@ -1,0 +1,259 @@
+import Foundation
+import SubqAttention
+import SubqCore
+import SubqDecoding
+import SubqKVSelection
+import SubqTestSupport
+import Testing
+
+/// RetrievalAttention decoding and its inner-product graph index.
+///
+/// Tolerances as in ``TokenSelectTests``: 1e-5 relative Frobenius error for exact attention over
+/// the keys the method reports (static and retrieved parts merged by log-sum-exp in Float32).
+struct RetrievalTests {
+  func config(topK: Int, sink: Int = 4, window: Int = 16, width: Int = 64, exact: Bool = false, buildQueries: Int = 512) -> RetrievalDecoder.Configuration {
+    var c = RetrievalDecoder.Configuration()
+    c.topK = topK
+    c.sinkTokens = sink
+    c.windowTokens = window
+    c.searchWidth = width
+    c.exactSearch = exact
+    c.buildQueries = buildQueries
+    c.degree = 16
+    c.queryNeighbors = 32
+    c.buildWidth = 32
+    c.entryPoints = 8
+    return c
+  }
+
+  @Test("top-k covering the context equals exact decoding", arguments: [KVStorageType.float32, .float16])
+  func coversAllIsExact(storage: KVStorageType) throws {
+    let seed = testSeed(10)
+    let (hq, hkv, d) = (6, 2, 40)
+    let lengths = [400, 90, 1000]
+    let keys = lengths.enumerated().map { Tensor.randomNormal(shape: [1, hkv, $1, d], seed: seed + UInt64($0)) }
+    let values = lengths.enumerated().map { Tensor.randomNormal(shape: [1, hkv, $1, d], seed: seed + 10 + UInt64($0)) }
+    let (cache, seqs) = try makeCache(keys: keys, values: values, storage: storage)
+    let dec = try RetrievalDecoder(configuration: config(topK: 1000))
+    for s in seqs { try dec.buildIndex(cache: cache, layer: 0, sequence: s, prefillQueries: Tensor.randomNormal(shape: [hq, 30, d], seed: seed + 50)) }
+    for nq in [1, 3] {
+      let q = Tensor.randomNormal(shape: [3, hq, nq, d], seed: seed + 20 + UInt64(nq))
+      let opts = AttentionOptions(causal: true, returnLSE: true)
+      let r = try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: opts)
+      let ref = try SplitKVAttention().attention(queries: q, cache: cache, layer: 0, sequences: seqs, options: opts)
+      let err = relativeError(r.result.output, ref.output)
+      #expect(err <= 1e-5, "error \(err) Nq \(nq) \(storage) seed \(seed)")
+      #expect(worstRelative(r.result.lse!, ref.lse!.scalars.map(Double.init)).error <= 1e-5)
+      #expect(r.statistics.searches == 0 && r.statistics.exhaustive == 3 * hq * nq)
+    }
+  }
+
+  @Test("static and retrieved parts are disjoint and merged exactly", arguments: [false, true])
+  func mergesExactly(exact: Bool) throws {
+    let seed = testSeed(11)
+    let (hq, hkv, d, dv) = (4, 2, 32, 24)
+    let lengths = [1200, 800]
+    var keys: [Tensor] = [], values: [Tensor] = []
+    for (i, n) in lengths.enumerated() {
+      let (k, _) = clustered(hq: hq, hkv: hkv, n: n, m: 1, d: d, seed: seed + UInt64(i))
+      keys.append(k)
+      values.append(Tensor.randomNormal(shape: [1, hkv, n, dv], seed: seed + 5 + UInt64(i)))
+    }
+    let (cache, seqs) = try makeCache(keys: keys, values: values, pageSize: 32)
+    let dec = try RetrievalDecoder(configuration: config(topK: 40, exact: exact))
+    for (i, s) in seqs.enumerated() {
+      let (_, pq) = clustered(hq: hq, hkv: hkv, n: 1, m: 64, d: d, seed: seed + UInt64(i))
+      try dec.buildIndex(cache: cache, layer: 0, sequence: s, prefillQueries: pq)
+    }
+    let q = stack((0..<2).map { clustered(hq: hq, hkv: hkv, n: 1, m: 2, d: d, seed: seed + UInt64($0)).q })
+    let r = try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: AttentionOptions(causal: true, returnLSE: true), recordKeys: true)
+    for (row, ret) in r.retrievedKeys!.enumerated() {
+      let b = row / (hq * 2), n = lengths[b]
+      #expect(ret.count == 40 && ret.allSatisfy { $0 >= 4 && $0 < n - 16 }, "row \(row): retrieved must avoid the static set")
+      #expect(r.attendedKeys![row].count == 40 + 4 + 16 - (row % 2 == 0 ? 1 : 0))
+    }
+    let kk = padded(keys, to: 1200, fill: 1e4), vv = padded(values, to: 1200, fill: 1e4)
+    // Row i of a 2-query step sits at position n − 2 + i and does not see the last key when i = 0.
+    let ref = subsetReference(q: q, k: kk, v: vv, scale: 1 / Double(d).squareRoot()) { b, h, i in r.attendedKeys![(b * hq + h) * 2 + i] }
+    let err = relativeError(r.result.output, ref.out)
+    #expect(err <= 1e-5, "error \(err) exact \(exact) seed \(seed)")
+    #expect(worstRelative(r.result.lse!, ref.lse).error <= 1e-5)
+    if exact {
+      // Exact search returns the true top-k of the retrievable keys.
+      let truth = try SelectionMetrics.exactTopKeys(queries: q, cache: cache, layer: 0, sequences: seqs, k: 40, excludingFirst: 4, excludingLast: 16)
+      for (row, t) in truth.enumerated() where row % 2 == 1 { #expect(r.retrievedKeys![row] == t) }
+    }
+  }
+
+  @Test("a planted needle is always found, before and after inserts")
+  func needles() throws {
+    let seed = testSeed(12)
+    var g = SeededGenerator(seed: seed)
+    let (hq, hkv, n, d) = (4, 2, 4000, 64)
+    let (k0, _) = clustered(hq: hq, hkv: hkv, n: n, m: 1, d: d, clusters: 32, seed: g.next())
+    var k = k0
+    let v = Tensor.randomNormal(shape: [1, hkv, n, d], seed: g.next())
+    // Needle queries: random directions; each gets one key far back that dominates its attention.
+    let q = Tensor.randomNormal(shape: [1, hq, 1, d], seed: g.next())
+    var planted: [Int] = []
+    for h in 0..<hq {
+      let j = 100 + Int(g.next() % 3000)
+      planted.append(j)
+      var n2: Float = 0
+      for x in 0..<d { n2 += q[0, h, 0, x] * q[0, h, 0, x] }
+      for x in 0..<d { k[0, h / 2, j, x] = q[0, h, 0, x] * 12 * Float(Double(d).squareRoot()) / n2 }
+    }
+    let (cache, seqs) = try makeCache(keys: [k], values: [v], pageSize: 64, spare: 200)
+    let dec = try RetrievalDecoder(configuration: config(topK: 20, width: 48))
+    // The index is built from ordinary (clustered) queries, none of them the needle queries.
+    let (_, pq) = clustered(hq: hq, hkv: hkv, n: 1, m: 128, d: d, clusters: 32, seed: g.next())
+    try dec.buildIndex(cache: cache, layer: 0, sequence: seqs[0], prefillQueries: pq)
+    let r = try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: AttentionOptions(causal: true), recordKeys: true)
+    for h in 0..<hq { #expect(r.retrievedKeys![h].contains(planted[h]), "head \(h): needle \(planted[h]) missed, seed \(seed)") }
+    // Needles appended after the build are linked in and found once they leave the window.
+    let q2 = Tensor.randomNormal(shape: [1, hq, 1, d], seed: g.next())
+    var late: [Int] = []
+    for h in 0..<hq where h % 2 == 0 {
+      var n2: Float = 0
+      for x in 0..<d { n2 += q2[0, h, 0, x] * q2[0, h, 0, x] }
+      let key = Tensor(shape: [hkv, 1, d]) { p in
+        for kv in 0..<hkv { for x in 0..<d { p[kv * d + x] = kv == h / 2 ? q2[0, h, 0, x] * 12 * Float(Double(d).squareRoot()) / n2 : Float(g.nextNormal()) } }
+      }
+      late.append(try cache.append(seqs[0], keys: key, values: Tensor.randomNormal(shape: [hkv, 1, d], seed: g.next())).lowerBound)
+    }
+    for _ in 0..<20 {
+      try cache.append(seqs[0], keys: slice(k0, from: Int(g.next() % 3000), count: 1), values: Tensor.randomNormal(shape: [hkv, 1, d], seed: g.next()))
+    }
+    let r2 = try dec.step(queries: q2, cache: cache, layer: 0, sequences: seqs, options: AttentionOptions(causal: true), recordKeys: true)
+    #expect(r2.statistics.keysInserted == (2 + 20) * hkv)
+    for (x, h) in [0, 2].enumerated() { #expect(r2.retrievedKeys![h].contains(late[x]), "late needle \(late[x]) of head \(h) missed, seed \(seed)") }
+  }
+
+  @Test func decodingIsDeterministicForASeed() throws {
+    let seed = testSeed(13)
+    let (hq, hkv, n, d) = (4, 2, 3000, 32)
+    let (k, pq) = clustered(hq: hq, hkv: hkv, n: n, m: 100, d: d, seed: seed)
+    let v = Tensor.randomNormal(shape: [1, hkv, n, d], seed: seed + 1)
+    var outputs: [Tensor] = []
+    var retrieved: [[[Int]]] = []
+    for threads in [1, 2, 2] {
+      let (cache, seqs) = try makeCache(keys: [k], values: [v], pageSize: 64)
+      var c = config(topK: 30, buildQueries: 200)
+      c.seed = 42
+      let dec = try RetrievalDecoder(configuration: c)
+      try dec.buildIndex(cache: cache, layer: 0, sequence: seqs[0], prefillQueries: pq, threads: threads)
+      try cache.append(seqs[0], keys: slice(k, from: 5, count: 3), values: slice(v, from: 9, count: 3))
+      let (_, q) = clustered(hq: hq, hkv: hkv, n: 1, m: 1, d: d, seed: seed + 2)
+      let r = try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: AttentionOptions(threads: threads), recordKeys: true)
+      outputs.append(r.result.output)
+      retrieved.append(r.retrievedKeys!)
+    }
+    #expect(outputs[0] == outputs[1] && outputs[1] == outputs[2], "seed \(seed)")
+    #expect(retrieved[0] == retrieved[1] && retrieved[1] == retrieved[2])
+  }
+
+  @Test func errors() throws {
+    let d = 16
+    let (cache, seqs) = try makeCache(keys: [Tensor.randomNormal(shape: [1, 2, 300, d], seed: 1)], values: [Tensor.randomNormal(shape: [1, 2, 300, d], seed: 2)])
+    let dec = try RetrievalDecoder(configuration: config(topK: 10))
+    let q = Tensor.randomNormal(shape: [1, 4, 1, d], seed: 3)
+    // No index yet.
+    #expect(throws: SubqError.self) { try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: AttentionOptions()) }
+    #expect(throws: SubqError.self) { try dec.buildIndex(cache: cache, layer: 0, sequence: seqs[0], prefillQueries: Tensor.randomNormal(shape: [3, 5, d], seed: 4)) }
+    #expect(throws: SubqError.self) { try dec.buildIndex(cache: cache, layer: 0, sequence: seqs[0], prefillQueries: Tensor.randomNormal(shape: [4, 5, d + 1], seed: 4)) }
+    try dec.buildIndex(cache: cache, layer: 0, sequence: seqs[0], prefillQueries: Tensor.randomNormal(shape: [4, 20, d], seed: 4))
+    #expect(dec.hasIndex(seqs[0], layer: 0) && dec.memoryBytes > 0)
+    _ = try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: AttentionOptions())
+    #expect(throws: SubqError.self) { try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: AttentionOptions(alibiSlopes: Tensor(shape: [4], repeating: 0.1))) }
+    // Truncated below the index: must rebuild.
+    try cache.truncate(seqs[0], to: 200)
+    #expect(throws: SubqError.self) { try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: AttentionOptions()) }
+    #expect(throws: SubqError.self) { try RetrievalDecoder.configuration(MethodParameters(["top_k": "5"])) }
+    #expect(throws: SubqError.self) { try RetrievalDecoder.configuration(MethodParameters(["degree": "1"])) }
+    #expect(try RetrievalDecoder.configuration(MethodParameters(["width": "77", "exact": "true"])).searchWidth == 77)
+  }
+}
+
+/// The standalone index.
+struct InnerProductIndexTests {
+  @Test("exact mode returns the true top-k (Float64 check)")
+  func exactSearch() throws {
+    let seed = testSeed(20)
+    let (n, d) = (700, 19)
+    let keys = Tensor.randomNormal(shape: [n, d], seed: seed)
+    let index = try InnerProductIndex(keys: keys, queries: Tensor.randomNormal(shape: [50, d], seed: seed + 1),
+                                      configuration: .init(queryNeighbors: 10, degree: 8, buildWidth: 16, entryPoints: 4))
+    let ks = keys.scalars
+    for t in 0..<10 {
+      let q = Tensor.randomNormal(shape: [d], seed: seed + 10 + UInt64(t))
+      let qs = q.scalars
+      let scores = (0..<n).map { j in (0..<d).reduce(0.0) { $0 + Double(qs[$1]) * Double(ks[j * d + $1]) } }
+      let truth = (0..<n).sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }.prefix(25)
+      let r = try index.exactSearch(q, k: 25)
+      #expect(r.ids == Array(truth) && r.scanned == n, "seed \(seed)")
+      // The graph search with a pool as large as the set visits every reachable key: same answer.
+      let g = try index.search(q, k: 25, width: n)
+      #expect(g.ids == Array(truth), "graph search with full width missed keys, seed \(seed)")
+    }
+  }
+
+  @Test("graph search finds most of the true top-k while scanning a small fraction")
+  func recallOnStructuredData() throws {
+    let seed = testSeed(21)
+    let (k, q) = clustered(hq: 1, hkv: 1, n: 20000, m: 600, d: 32, clusters: 32, seed: seed)
+    let keys = try k.reshaped([20000, 32])
+    let sample = try q.reshaped([600, 32])
+    let index = try InnerProductIndex(keys: keys, queries: Tensor(shape: [500, 32], scalars: sample.scalars.prefix(500 * 32)))
+    var recall = 0.0, scanned = 0
+    for t in 500..<600 {
+      let query = try Tensor(shape: [32], scalars: sample.scalars[(t * 32)..<(t * 32 + 32)])
+      let exact = try index.exactSearch(query, k: 50).ids
+      let found = try index.search(query, k: 50, width: 100)
+      recall += Double(Set(exact).intersection(found.ids).count) / 50
+      scanned += found.scanned
+    }
+    recall /= 100
+    let fraction = Double(scanned) / 100 / 20000
+    #expect(recall >= 0.9 && fraction <= 0.2, "recall \(recall), scanned \(fraction), seed \(seed)")
+  }
+
+  @Test("keys inserted after the build are searchable")
+  func inserts() throws {
+    let seed = testSeed(22)
+    let d = 24
+    var index = try InnerProductIndex(keys: Tensor.randomNormal(shape: [2000, d], seed: seed), queries: Tensor.randomNormal(shape: [100, d], seed: seed + 1))
+    let extra = Tensor.randomNormal(shape: [60, d], seed: seed + 2, std: 3)
+    try index.insert(extra)
+    #expect(index.count == 2060)
+    let es = extra.scalars
+    var found = 0
+    for i in 0..<60 {
+      // Query: the inserted key itself; its true top key (usually itself) must be reachable — a
+      // search whose pool holds every key finds it — and a modest search finds it nearly always.
+      let q = try Tensor(shape: [d], scalars: es[(i * d)..<(i * d + d)])
+      let top = try index.exactSearch(q, k: 1).ids[0]
+      #expect(try index.search(q, k: 1, width: index.count).ids == [top], "key \(top) unreachable after insert, seed \(seed)")
+      if try index.search(q, k: 5, width: 64).ids.contains(top) { found += 1 }
+    }
+    #expect(found >= 57, "found \(found) of 60 inserted keys, seed \(seed)")
+  }
+
+  @Test func deterministicBuild() throws {
+    let k = Tensor.randomNormal(shape: [3000, 16], seed: 5), q = Tensor.randomNormal(shape: [300, 16], seed: 6)
+    let a = try InnerProductIndex(keys: k, queries: q, configuration: .init(seed: 9, threads: 1))
+    let b = try InnerProductIndex(keys: k, queries: q, configuration: .init(seed: 9, threads: 2))
+    let qq = Tensor.randomNormal(shape: [16], seed: 7)
+    #expect(a.edgeCount == b.edgeCount)
+    #expect(try a.search(qq, k: 10, width: 40) == b.search(qq, k: 10, width: 40))
+  }
+
+  @Test func rejectsBadInput() throws {
+    #expect(throws: SubqError.self) { try InnerProductIndex(keys: Tensor(shape: [0, 4]), queries: Tensor(shape: [1, 4])) }
+    #expect(throws: SubqError.self) { try InnerProductIndex(keys: Tensor(shape: [5, 4]), queries: Tensor(shape: [1, 3])) }
+    #expect(throws: SubqError.self) { try InnerProductIndex(keys: Tensor(shape: [5, 4], repeating: .nan), queries: Tensor(shape: [1, 4])) }
+    #expect(throws: SubqError.self) { try InnerProductIndex(keys: Tensor(shape: [5, 4]), queries: Tensor(shape: [1, 4]), configuration: .init(degree: 1)) }
+    var i = try InnerProductIndex(keys: Tensor.randomNormal(shape: [5, 4], seed: 1), queries: Tensor.randomNormal(shape: [2, 4], seed: 2))
+    #expect(throws: SubqError.self) { try i.insert(Tensor(shape: [2, 5])) }
+    #expect(throws: SubqError.self) { try i.search(Tensor(shape: [3]), k: 1, width: 4) }
+  }
+}
