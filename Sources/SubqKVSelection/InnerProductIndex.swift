@@ -173,3 +173,4 @@ public struct InnerProductIndex: Sendable {
     if k < 0 { throw .argument(op: op, name: "k", value: "\(k)", reason: "must be ≥ 0") }
   }
 }
+

@@ -10,8 +10,8 @@ import SubqKernels
 ///
 /// Nodes are key positions `0..<count`; the graph stores ids, edges and each key's squared norm,
 /// never the keys: every operation reads them from a ``RowSource``. Each node has at most `degree`
-/// out-edges, stored with the two keys' similarity −‖k_a − k_b‖² (used to rank candidates and to
-/// decide which edge a new one replaces).
+/// ordinary out-edges, stored with the inner product of the two keys (used to rank candidates and
+/// to decide which edge a new one replaces), plus a few protected ones.
 ///
 /// **Build** (``build(keys:queries:queryCount:parameters:)``):
 /// 1. *Bipartite links.* For each sampled query, its exact top-`queryNeighbors` keys by inner
@@ -20,18 +20,23 @@ import SubqKernels
 ///    each of them back to the pivot: keys that the same query ranks high become neighbours, so
 ///    edges follow query-induced proximity rather than key-to-key distance (queries and keys are
 ///    distributed differently, so a key-only graph leads a query astray).
-/// 3. *Pruning.* Each node keeps at most `degree` of its candidates: of the `4·degree` closest, a
-///    candidate is dropped when a kept neighbour is closer to it than the node is, by a factor α
-///    (Vamana's rule; α = 1 is the relative-neighbourhood rule). Closeness between keys is
-///    Euclidean: under inner product a single long key "occludes" almost every candidate.
+/// 3. *Pruning.* Each node keeps at most `degree` of its candidates: of the `4·degree` with the
+///    largest inner product, a candidate is dropped when a kept neighbour is closer to it than the
+///    node is, by a factor α (Vamana's rule; α = 1 is the relative-neighbourhood rule). Closeness
+///    here is Euclidean: under inner product a single long key "occludes" almost every candidate.
 /// 4. *Linking.* Every key is then searched for in the graph with itself as the query; the results
 ///    join its candidates (pruned again) and it is added to their lists (reverse edges; a full list
-///    gives up its least similar edge whose target keeps another in-edge, if the new one is more
-///    similar). Keys are processed in a seeded random order, in batches whose searches run in
-///    parallel against the graph as it was before the batch, so the result is deterministic and
+///    gives up its edge of least inner product whose target keeps another in-edge, if the new
+///    one's is larger). The three results with the largest inner product — where a search for
+///    queries like the key arrives — point to it with protected edges (kept by inner product),
+///    which is what makes a key that dominates some query's attention findable. Keys are linked
+///    shortest first, so the long ones (the keys that can dominate a query's attention) are
+///    searched for on a nearly finished graph; they go in batches whose searches run in parallel
+///    against the graph as it was before the batch, so the result is deterministic and
 ///    independent of the thread count.
 /// 5. *Connectivity.* A walk from the entry points finds keys no path reaches; each gets an edge
-///    from a reached neighbour (NSG's repair), so every key can be found.
+///    from a reached neighbour (NSG's repair), so every key can be found. These edges also go into
+///    the protected slots, which ordinary linking never takes, so the repair holds.
 /// 6. *Entry points.* `entryPoints` sampled queries chosen by farthest-point (k-center) selection
 ///    on cosine distance; their pivots start every search.
 ///
@@ -59,12 +64,18 @@ struct ProximityGraph: Sendable {
   }
 
   let degree: Int
+  /// Protected slots per node, after the `degree` ordinary ones (see ``addProtected(from:to:score:)``).
+  static let reserve = 4
+  /// Slots per node: `degree` ordinary edges, then `reserve` protected ones filled from the end.
+  let stride: Int
   private(set) var count = 0
-  /// Out-edges: node n's are `edges[n·degree ..< n·degree + edgeCount[n]]`.
+  /// Out-edges: node n's ordinary edges are `edges[n·stride ..< n·stride + edgeCount[n]]`, its
+  /// protected ones `edges[(n+1)·stride − protectedCount[n] ..< (n+1)·stride]`.
   private(set) var edges: [Int32] = []
   /// Inner product of the two keys of each edge.
   private(set) var edgeScores: [Float] = []
   private(set) var edgeCount: [Int32] = []
+  private(set) var protectedCount: [Int32] = []
   /// Edges into each node.
   private(set) var inDegree: [Int32] = []
   /// Squared norm of each node's key.
@@ -76,17 +87,16 @@ struct ProximityGraph: Sendable {
 
   init(degree: Int, buildWidth: Int, alpha: Float = 1.2) {
     self.degree = degree
+    self.stride = degree + ProximityGraph.reserve
     self.buildWidth = buildWidth
     self.alpha = alpha
   }
 
   /// Bytes held by the graph.
   var memoryBytes: Int {
-    edges.capacity * 4 + edgeScores.capacity * 4 + edgeCount.capacity * 4 + inDegree.capacity * 4 + norms.capacity * 4 + entries.capacity * 4
+    edges.capacity * 4 + edgeScores.capacity * 4 + edgeCount.capacity * 4 + protectedCount.capacity * 4 + inDegree.capacity * 4
+      + norms.capacity * 4 + entries.capacity * 4
   }
-
-  /// Key-to-key similarity from an inner product: −‖k_a − k_b‖² (higher is closer).
-  @inline(__always) func similarity(ip: Float, _ a: Int, _ b: Int) -> Float { 2 * ip - norms[a] - norms[b] }
 
   /// Reads node `t`'s key into `row` and records its squared norm.
   mutating func setNorm(_ t: Int, keys: RowSource, row: UnsafeMutablePointer<Float>) {
@@ -97,7 +107,7 @@ struct ProximityGraph: Sendable {
   }
 
   /// Number of edges.
-  var edgeTotal: Int { edgeCount.reduce(0) { $0 + Int($1) } }
+  var edgeTotal: Int { edgeCount.reduce(0) { $0 + Int($1) } + protectedCount.reduce(0) { $0 + Int($1) } }
 
   // MARK: - Search
 
@@ -194,7 +204,7 @@ struct ProximityGraph: Sendable {
     let ef = Swift.max(width, k)
     let lo = Int32(allowed.lowerBound), hi = Int32(allowed.upperBound)
     let excludedCount = Swift.max(0, Int(lo)) + Swift.max(0, n - Int(hi)) + 1
-    let epoch = scratch.begin(count: n, pool: Swift.min(n, ef + excludedCount), degree: degree)
+    let epoch = scratch.begin(count: n, pool: Swift.min(n, ef + excludedCount), degree: stride)
     let q = scratch.query
     q.update(from: query, count: keys.width)
     let visited = scratch.visited
@@ -250,11 +260,19 @@ struct ProximityGraph: Sendable {
       if !pex[i] {
         pex[i] = true
         let node = Int(pid[i])
-        let e0 = node * degree
-        let m = Int(edgeCount[node])
-        // The neighbours not seen yet, scored together, then offered in edge order.
+        let e0 = node * stride
+        let m = Int(edgeCount[node]), pr = Int(protectedCount[node])
+        // The neighbours not seen yet (ordinary, then protected edges), scored together, then
+        // offered in edge order.
         var fresh = 0
         for x in 0..<m {
+          let nb = edges[e0 + x]
+          if visited[Int(nb)] == epoch { continue }
+          visited[Int(nb)] = epoch
+          freshIds[fresh] = nb
+          fresh += 1
+        }
+        for x in (stride - pr)..<stride {
           let nb = edges[e0 + x]
           if visited[Int(nb)] == epoch { continue }
           visited[Int(nb)] = epoch
@@ -296,32 +314,68 @@ struct ProximityGraph: Sendable {
   /// Makes room for nodes up to `n`.
   mutating func grow(to n: Int) {
     if n <= count { return }
-    edges.append(contentsOf: repeatElement(-1, count: (n - count) * degree))
-    edgeScores.append(contentsOf: repeatElement(0, count: (n - count) * degree))
+    edges.append(contentsOf: repeatElement(-1, count: (n - count) * stride))
+    edgeScores.append(contentsOf: repeatElement(0, count: (n - count) * stride))
     edgeCount.append(contentsOf: repeatElement(0, count: n - count))
+    protectedCount.append(contentsOf: repeatElement(0, count: n - count))
     inDegree.append(contentsOf: repeatElement(0, count: n - count))
     norms.append(contentsOf: repeatElement(0, count: n - count))
     count = n
   }
 
-  /// Sets node `node`'s out-edges.
+  /// Sets node `node`'s ordinary out-edges (its protected ones stay; targets they already reach
+  /// are skipped).
   mutating func setEdges(_ node: Int, _ list: [(score: Float, id: Int32)]) {
-    let base = node * degree
+    let base = node * stride
     for x in 0..<Int(edgeCount[node]) { inDegree[Int(edges[base + x])] -= 1 }
-    let m = Swift.min(degree, list.count)
-    for x in 0..<m {
-      edges[base + x] = list[x].id
-      edgeScores[base + x] = list[x].score
-      inDegree[Int(list[x].id)] += 1
+    let pr = Int(protectedCount[node])
+    var m = 0
+    for c in list where m < degree {
+      var dup = false
+      for x in (stride - pr)..<stride where edges[base + x] == c.id { dup = true }
+      if dup { continue }
+      edges[base + m] = c.id
+      edgeScores[base + m] = c.score
+      inDegree[Int(c.id)] += 1
+      m += 1
     }
     edgeCount[node] = Int32(m)
   }
 
-  /// Whether `from → to` exists.
+  /// Whether `from → to` exists (ordinary or protected).
   func hasEdge(from: Int, to: Int32) -> Bool {
-    let base = from * degree
+    let base = from * stride
     for x in 0..<Int(edgeCount[from]) where edges[base + x] == to { return true }
+    for x in (stride - Int(protectedCount[from]))..<stride where edges[base + x] == to { return true }
     return false
+  }
+
+  /// Adds `from → to` in one of `from`'s protected slots, which ordinary linking never replaces:
+  /// the edges that keep the graph connected and lead searches to keys that stand out. When the
+  /// slots are full, the new edge takes the place of the protected edge of least inner product
+  /// whose target keeps another in-edge, if its own inner product is larger. Returns whether the
+  /// edge was added.
+  @discardableResult
+  mutating func addProtected(from: Int, to: Int32, score: Float) -> Bool {
+    if from == Int(to) || hasEdge(from: from, to: to) { return false }
+    let pr = Int(protectedCount[from])
+    let end = from * stride + stride
+    if pr < ProximityGraph.reserve {
+      let slot = end - 1 - pr
+      edges[slot] = to
+      edgeScores[slot] = score
+      protectedCount[from] = Int32(pr + 1)
+      inDegree[Int(to)] += 1
+      return true
+    }
+    var worst = -1
+    for slot in (end - pr)..<end where inDegree[Int(edges[slot])] >= 2 && (worst < 0 || edgeScores[slot] < edgeScores[worst]) { worst = slot }
+    guard worst >= 0, score > edgeScores[worst] else { return false }
+    inDegree[Int(edges[worst])] -= 1
+    edges[worst] = to
+    edgeScores[worst] = score
+    inDegree[Int(to)] += 1
+    return true
   }
 
   /// Adds the edge `from → to` (inner product `score`): appended if there is room; otherwise it
@@ -330,7 +384,7 @@ struct ProximityGraph: Sendable {
   @discardableResult
   mutating func addEdge(from: Int, to: Int32, score: Float, force: Bool = false) -> Bool {
     if from == Int(to) || hasEdge(from: from, to: to) { return false }
-    let base = from * degree
+    let base = from * stride
     let m = Int(edgeCount[from])
     if m < degree {
       edges[base + m] = to
@@ -362,8 +416,12 @@ struct ProximityGraph: Sendable {
       while head < queue.count {
         let n = Int(queue[head])
         head += 1
-        let base = n * degree
+        let base = n * stride
         for x in 0..<Int(edgeCount[n]) {
+          let t = edges[base + x]
+          if !reached[Int(t)] { reached[Int(t)] = true; queue.append(t) }
+        }
+        for x in (stride - Int(protectedCount[n]))..<stride {
           let t = edges[base + x]
           if !reached[Int(t)] { reached[Int(t)] = true; queue.append(t) }
         }
@@ -376,14 +434,14 @@ struct ProximityGraph: Sendable {
       keys.read(x, into: row)
       var linked = false
       // Its own neighbours that are reached, most similar first.
-      let base = x * degree
+      let base = x * stride
       var own: [(score: Float, id: Int32)] = []
       for e in 0..<Int(edgeCount[x]) where reached[Int(edges[base + e])] { own.append((edgeScores[base + e], edges[base + e])) }
       own.sort { $0.score > $1.score || ($0.score == $1.score && $0.id < $1.id) }
-      for c in own where addEdge(from: Int(c.id), to: Int32(x), score: c.score, force: true) { linked = true; break }
+      for c in own where addProtected(from: Int(c.id), to: Int32(x), score: c.score) { linked = true; break }
       if !linked {
         let found = search(row, keys: keys, k: buildWidth, width: buildWidth, allowed: 0..<count, scratch: scratch, skip: Int32(x))
-        for (s, id) in zip(found.scores, found.ids) where reached[Int(id)] && addEdge(from: Int(id), to: Int32(x), score: similarity(ip: s, Int(id), x), force: true) {
+        for (s, id) in zip(found.scores, found.ids) where reached[Int(id)] && addProtected(from: Int(id), to: Int32(x), score: s) {
           linked = true
           break
         }
@@ -393,15 +451,14 @@ struct ProximityGraph: Sendable {
     }
   }
 
-  /// The pruning rule over `candidates` of `node` (scores are ``similarity(ip:_:_:)``s to the
-  /// node, best first; the node itself and duplicates absent): of the `4·degree` closest, a
-  /// candidate c is kept unless a kept neighbour n is much closer to it than the node is
-  /// (`α·‖n − c‖ ≤ ‖node − c‖`, Vamana's rule; α = 1 is the relative-neighbourhood rule); at most
-  /// `degree` kept.
+  /// The pruning rule over `candidates` of `node` (scores are inner products with the node, best
+  /// first; the node itself and duplicates absent): of the `4·degree` best, a candidate c is kept
+  /// unless a kept neighbour n is much closer to it than the node is (`α·‖n − c‖ ≤ ‖node − c‖`,
+  /// Vamana's rule; α = 1 is the relative-neighbourhood rule); at most `degree` kept.
   ///
-  /// Pruning measures key-to-key closeness by Euclidean distance, not inner product: under inner
-  /// product one long key "occludes" nearly every candidate and nodes are left with a single edge.
-  /// Searches still rank by inner product.
+  /// Candidates are ranked by inner product (as in ip-NSW: long keys, which many queries rank
+  /// high, collect edges), but occlusion is judged by Euclidean distance: under inner product a
+  /// single long key would "occlude" nearly every candidate and leave the node one edge.
   func prune(_ node: Int, candidates: [(score: Float, id: Int32)], keys: RowSource, row: UnsafeMutablePointer<Float>) -> [(score: Float, id: Int32)] {
     var kept: [(score: Float, id: Int32)] = []
     let limit = Swift.min(candidates.count, 4 * degree)
@@ -409,10 +466,12 @@ struct ProximityGraph: Sendable {
     for c in candidates.prefix(limit) {
       if kept.count >= degree { break }
       keys.read(Int(c.id), into: row)
+      let dpc = norms[node] + norms[Int(c.id)] - 2 * c.score
       var occluded = false
       for n in kept {
-        let nc = similarity(ip: rowDot(row, keys, Int(n.id)), Int(n.id), Int(c.id))
-        if a2 * -nc <= -c.score {
+        // Squared distances from inner products and norms.
+        let dnc = norms[Int(n.id)] + norms[Int(c.id)] - 2 * rowDot(row, keys, Int(n.id))
+        if a2 * dnc <= dpc {
           occluded = true
           break
         }
@@ -437,16 +496,18 @@ struct ProximityGraph: Sendable {
       setNorm(x, keys: keys, row: row)
       let found = search(row, keys: keys, k: buildWidth, width: buildWidth, allowed: 0..<x, scratch: scratch)
       scanned += found.scanned
-      var cands = zip(found.scores, found.ids).map { (score: similarity(ip: $0, x, Int($1)), id: $1) }
+      var cands = zip(found.scores, found.ids).map { (score: $0, id: $1) }
       cands.sort { $0.score > $1.score || ($0.score == $1.score && $0.id < $1.id) }
       let kept = prune(x, candidates: cands, keys: keys, row: other)
       setEdges(x, kept)
       var linked = false
       for c in kept where addEdge(from: Int(c.id), to: Int32(x), score: c.score) { linked = true }
       // Make sure the new key can be found: the keys with the largest inner product with it are
-      // where a search for queries like it arrives, so the best two of them point to it (forced).
-      for id in found.ids.prefix(2) where addEdge(from: Int(id), to: Int32(x), score: similarity(ip: rowDot(row, keys, Int(id)), x, Int(id)), force: true) {
-        linked = true
+      // where a search for queries like it arrives, so the best two of them point to it — in a
+      // protected slot if one is free, else in place of an ordinary edge.
+      for (s, id) in zip(found.scores, found.ids).prefix(2) where !hasEdge(from: Int(id), to: Int32(x)) {
+        let sim = s
+        if addProtected(from: Int(id), to: Int32(x), score: sim) || addEdge(from: Int(id), to: Int32(x), score: sim, force: true) { linked = true }
       }
       if !linked { for c in kept where addEdge(from: Int(c.id), to: Int32(x), score: c.score, force: true) { linked = true; break } }
       if entries.isEmpty || (!linked && x > 0) { entries.append(Int32(x)) }
@@ -537,7 +598,7 @@ extension ProximityGraph {
           let row = rp.pointer + worker * 2 * (D + 16), other = row + D + 16
           keys.read(node, into: row)
           var cands: [(score: Float, id: Int32)] = []
-          for t in targets[starts[i]..<starts[i + 1]] { cands.append((g0.similarity(ip: rowDot(row, keys, Int(t)), node, Int(t)), t)) }
+          for t in targets[starts[i]..<starts[i + 1]] { cands.append((rowDot(row, keys, Int(t)), t)) }
           cands.sort { $0.score > $1.score || ($0.score == $1.score && $0.id < $1.id) }
           kp.pointer[i] = g0.prune(node, candidates: cands, keys: keys, row: other)
         }
@@ -552,13 +613,12 @@ extension ProximityGraph {
 
     let t2 = DispatchTime.now().uptimeNanoseconds
     // 4. Connectivity: link every key, in a seeded order, in batches.
-    var shuffled = Array(0..<N)
+    // Shortest keys first, the longest last (ties in a seeded random order): a long key is one
+    // that can dominate some query's attention, and linked late its search runs on a nearly
+    // finished graph, so its in-edges come from where searches for its direction really arrive.
     var rng = SeededGenerator(seed: parameters.seed ^ 0x5EED_6A4A)
-    for i in stride(from: N - 1, to: 0, by: -1) {
-      let j = Int(rng.next() % UInt64(i + 1))
-      shuffled.swapAt(i, j)
-    }
-    let order = shuffled
+    let tie = (0..<N).map { _ in rng.next() }
+    let order = (0..<N).sorted { a, b in graph.norms[a] < graph.norms[b] || (graph.norms[a] == graph.norms[b] && tie[a] < tie[b]) }
     let batch = 1024
     let workers = Swift.max(1, parameters.threads)
     let scratches = (0..<workers).map { _ in Scratch(dim: D) }
@@ -570,13 +630,15 @@ extension ProximityGraph {
       let b1 = Swift.min(N, b0 + batch)
       var results = [[(score: Float, id: Int32)]](repeating: [], count: b1 - b0)
       var scannedPer = [Int](repeating: 0, count: b1 - b0)
+      var best = [[(score: Float, id: Int32)]](repeating: [], count: b1 - b0)
       // The batch's searches read the graph as it is; it is not mutated until they are done (and
       // `frozen` is gone, so no copy is made).
       do {
       let frozen = graph, first = b0
       results.withUnsafeMutableBufferPointer { rb in
         scannedPer.withUnsafeMutableBufferPointer { sb in
-          let resp = SendablePointer(rb.baseAddress!), scp = SendablePointer(sb.baseAddress!)
+         best.withUnsafeMutableBufferPointer { bb in
+          let resp = SendablePointer(rb.baseAddress!), scp = SendablePointer(sb.baseAddress!), bp = SendablePointer(bb.baseAddress!)
           Parallel.forEach(b1 - b0, threads: workers) { i, worker in
             let node = order[first + i]
             let row = rp.pointer + worker * 2 * (D + 16), other = row + D + 16
@@ -584,9 +646,10 @@ extension ProximityGraph {
             let found = frozen.search(row, keys: keys, k: frozen.buildWidth, width: frozen.buildWidth, allowed: 0..<N,
                                       scratch: scratches[worker], skip: Int32(node))
             scp.pointer[i] = found.scanned
+            bp.pointer[i] = Array(zip(found.scores, found.ids).prefix(3)).map { (score: $0, id: $1) }
             // Candidates: the search results and the node's current edges, best first.
-            var cands = zip(found.scores, found.ids).map { (score: frozen.similarity(ip: $0, node, Int($1)), id: $1) }
-            let e0 = node * frozen.degree
+            var cands = zip(found.scores, found.ids).map { (score: $0, id: $1) }
+            let e0 = node * frozen.stride
             for x in 0..<Int(frozen.edgeCount[node]) {
               let id = frozen.edges[e0 + x]
               if !found.ids.contains(id) { cands.append((frozen.edgeScores[e0 + x], id)) }
@@ -594,6 +657,7 @@ extension ProximityGraph {
             cands.sort { $0.score > $1.score || ($0.score == $1.score && $0.id < $1.id) }
             resp.pointer[i] = frozen.prune(node, candidates: cands, keys: keys, row: other)
           }
+         }
         }
       }
       }
@@ -605,6 +669,12 @@ extension ProximityGraph {
       for i in 0..<(b1 - b0) {
         let node = order[b0 + i]
         for c in results[i] { graph.addEdge(from: Int(c.id), to: Int32(node), score: c.score) }
+        // The keys with the largest inner product with this one are where searches for queries
+        // like it arrive: the best three point here (protected edges, by inner product). This is
+        // what makes a key that dominates some query's attention — a needle — findable.
+        for t in best[i] where !graph.hasEdge(from: Int(t.id), to: Int32(node)) {
+          if !graph.addProtected(from: Int(t.id), to: Int32(node), score: t.score) { graph.addEdge(from: Int(t.id), to: Int32(node), score: t.score) }
+        }
       }
       b0 = b1
     }
