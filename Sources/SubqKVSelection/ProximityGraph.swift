@@ -10,8 +10,9 @@ import SubqKernels
 ///
 /// Nodes are key positions `0..<count`; the graph stores ids, edges and each key's squared norm,
 /// never the keys: every operation reads them from a ``RowSource``. Each node has at most `degree`
-/// ordinary out-edges, stored with the inner product of the two keys (used to rank candidates and
-/// to decide which edge a new one replaces), plus a few protected ones.
+/// ordinary out-edges, stored with the two keys' closeness −‖k_a − k_b‖² (used to rank candidates
+/// and to decide which edge a new one replaces), plus a few protected ones stored with their inner
+/// product.
 ///
 /// **Build** (``build(keys:queries:queryCount:parameters:)``):
 /// 1. *Bipartite links.* For each sampled query, its exact top-`queryNeighbors` keys by inner
@@ -20,25 +21,27 @@ import SubqKernels
 ///    each of them back to the pivot: keys that the same query ranks high become neighbours, so
 ///    edges follow query-induced proximity rather than key-to-key distance (queries and keys are
 ///    distributed differently, so a key-only graph leads a query astray).
-/// 3. *Pruning.* Each node keeps at most `degree` of its candidates: of the `4·degree` with the
-///    largest inner product, a candidate is dropped when a kept neighbour is closer to it than the
-///    node is, by a factor α (Vamana's rule; α = 1 is the relative-neighbourhood rule). Closeness
-///    here is Euclidean: under inner product a single long key "occludes" almost every candidate.
+/// 3. *Pruning.* Each node keeps at most `degree` of its candidates: of the `4·degree` closest, a
+///    candidate is dropped when a kept neighbour is closer to it than the node is, by a factor α
+///    (Vamana's rule; α = 1 is the relative-neighbourhood rule). Closeness between keys is
+///    Euclidean: under inner product a single long key "occludes" almost every candidate.
 /// 4. *Linking.* Every key is then searched for in the graph with itself as the query; the results
 ///    join its candidates (pruned again) and it is added to their lists (reverse edges; a full list
-///    gives up its edge of least inner product whose target keeps another in-edge, if the new
-///    one's is larger). The three results with the largest inner product — where a search for
-///    queries like the key arrives — point to it with protected edges (kept by inner product),
-///    which is what makes a key that dominates some query's attention findable. Keys are linked
-///    shortest first, so the long ones (the keys that can dominate a query's attention) are
-///    searched for on a nearly finished graph; they go in batches whose searches run in parallel
-///    against the graph as it was before the batch, so the result is deterministic and
-///    independent of the thread count.
+///    gives up its farthest edge whose target keeps another in-edge, if the new one is closer).
+///    The three results with the largest inner product — where a search for queries like the key
+///    arrives — point to it with protected edges (kept by inner product), which is what makes a
+///    key that dominates some query's attention findable. Keys are linked shortest first, so the
+///    long ones (the keys that can dominate a query's attention) are searched for on a nearly
+///    finished graph; they go in batches whose searches run in parallel against the graph as it
+///    was before the batch, so the result is deterministic and independent of the thread count.
 /// 5. *Connectivity.* A walk from the entry points finds keys no path reaches; each gets an edge
 ///    from a reached neighbour (NSG's repair), so every key can be found. These edges also go into
 ///    the protected slots, which ordinary linking never takes, so the repair holds.
 /// 6. *Entry points.* `entryPoints` sampled queries chosen by farthest-point (k-center) selection
-///    on cosine distance; their pivots start every search.
+///    on cosine distance; their pivots start every search. The longest 1/512 of the keys (at
+///    least 8, and later inserts as long) are scored by every search too: `q·k ≤ |q|·|k|`, so a
+///    key that dominates some query's attention is either well aligned with it — what the graph
+///    finds — or long.
 ///
 /// **Search** is a best-first beam search by inner product with a candidate pool of `width`
 /// (HNSW's "ef", DiskANN's "L"), from every entry point. Excluded ids (outside `allowed`) are
@@ -80,6 +83,13 @@ struct ProximityGraph: Sendable {
   private(set) var inDegree: [Int32] = []
   /// Squared norm of each node's key.
   private(set) var norms: [Float] = []
+  /// Squared norm from which a key counts as long: that of the longest `1/512` of the keys at
+  /// build time (at least 8 keys).
+  private(set) var longNorm: Float = .infinity
+  /// The long keys (build time, and inserted ones at least as long). Every search scores them
+  /// first, with the entry points: since `q·k ≤ |q|·|k|`, a key that dominates some query's
+  /// attention is either well aligned with it — what the graph finds — or long.
+  private(set) var longKeys: [Int32] = []
   private(set) var entries: [Int32] = []
   let buildWidth: Int
   /// Occlusion slack α of the pruning rule (1 = the strict relative-neighbourhood rule).
@@ -95,8 +105,13 @@ struct ProximityGraph: Sendable {
   /// Bytes held by the graph.
   var memoryBytes: Int {
     edges.capacity * 4 + edgeScores.capacity * 4 + edgeCount.capacity * 4 + protectedCount.capacity * 4 + inDegree.capacity * 4
-      + norms.capacity * 4 + entries.capacity * 4
+      + norms.capacity * 4 + entries.capacity * 4 + longKeys.capacity * 4
   }
+
+  /// Key-to-key closeness of ordinary edges, from an inner product: −‖k_a − k_b‖² (higher is closer).
+  @inline(__always) func similarity(ip: Float, _ a: Int, _ b: Int) -> Float { 2 * ip - norms[a] - norms[b] }
+  /// The inner product back from a closeness.
+  @inline(__always) func innerProduct(similarity: Float, _ a: Int, _ b: Int) -> Float { (similarity + norms[a] + norms[b]) / 2 }
 
   /// Reads node `t`'s key into `row` and records its squared norm.
   mutating func setNorm(_ t: Int, keys: RowSource, row: UnsafeMutablePointer<Float>) {
@@ -249,10 +264,12 @@ struct ProximityGraph: Sendable {
       return a
     }
 
-    for e in entries where Int(e) < n && visited[Int(e)] != epoch {
-      visited[Int(e)] = epoch
-      scanned += 1
-      _ = offer(rowDot(q, keys, Int(e)), e)
+    for list in [entries, longKeys] {
+      for e in list where Int(e) < n && visited[Int(e)] != epoch {
+        visited[Int(e)] = epoch
+        scanned += 1
+        _ = offer(rowDot(q, keys, Int(e)), e)
+      }
     }
     var i = 0
     while i < size {
@@ -438,7 +455,7 @@ struct ProximityGraph: Sendable {
       var own: [(score: Float, id: Int32)] = []
       for e in 0..<Int(edgeCount[x]) where reached[Int(edges[base + e])] { own.append((edgeScores[base + e], edges[base + e])) }
       own.sort { $0.score > $1.score || ($0.score == $1.score && $0.id < $1.id) }
-      for c in own where addProtected(from: Int(c.id), to: Int32(x), score: c.score) { linked = true; break }
+      for c in own where addProtected(from: Int(c.id), to: Int32(x), score: innerProduct(similarity: c.score, Int(c.id), x)) { linked = true; break }
       if !linked {
         let found = search(row, keys: keys, k: buildWidth, width: buildWidth, allowed: 0..<count, scratch: scratch, skip: Int32(x))
         for (s, id) in zip(found.scores, found.ids) where reached[Int(id)] && addProtected(from: Int(id), to: Int32(x), score: s) {
@@ -451,14 +468,15 @@ struct ProximityGraph: Sendable {
     }
   }
 
-  /// The pruning rule over `candidates` of `node` (scores are inner products with the node, best
-  /// first; the node itself and duplicates absent): of the `4·degree` best, a candidate c is kept
-  /// unless a kept neighbour n is much closer to it than the node is (`α·‖n − c‖ ≤ ‖node − c‖`,
-  /// Vamana's rule; α = 1 is the relative-neighbourhood rule); at most `degree` kept.
+  /// The pruning rule over `candidates` of `node` (scores are ``similarity(ip:_:_:)``s to the
+  /// node, closest first; the node itself and duplicates absent): of the `4·degree` closest, a
+  /// candidate c is kept unless a kept neighbour n is much closer to it than the node is
+  /// (`α·‖n − c‖ ≤ ‖node − c‖`, Vamana's rule; α = 1 is the relative-neighbourhood rule); at
+  /// most `degree` kept.
   ///
-  /// Candidates are ranked by inner product (as in ip-NSW: long keys, which many queries rank
-  /// high, collect edges), but occlusion is judged by Euclidean distance: under inner product a
-  /// single long key would "occlude" nearly every candidate and leave the node one edge.
+  /// Closeness between keys is Euclidean: under inner product one long key "occludes" nearly
+  /// every candidate and nodes are left with a single edge. Searches still rank by inner product,
+  /// and the protected edges (``addProtected(from:to:score:)``) are kept by inner product.
   func prune(_ node: Int, candidates: [(score: Float, id: Int32)], keys: RowSource, row: UnsafeMutablePointer<Float>) -> [(score: Float, id: Int32)] {
     var kept: [(score: Float, id: Int32)] = []
     let limit = Swift.min(candidates.count, 4 * degree)
@@ -466,7 +484,7 @@ struct ProximityGraph: Sendable {
     for c in candidates.prefix(limit) {
       if kept.count >= degree { break }
       keys.read(Int(c.id), into: row)
-      let dpc = norms[node] + norms[Int(c.id)] - 2 * c.score
+      let dpc = -c.score
       var occluded = false
       for n in kept {
         // Squared distances from inner products and norms.
@@ -495,8 +513,9 @@ struct ProximityGraph: Sendable {
       grow(to: x + 1)
       setNorm(x, keys: keys, row: row)
       let found = search(row, keys: keys, k: buildWidth, width: buildWidth, allowed: 0..<x, scratch: scratch)
+      if norms[x] >= longNorm { longKeys.append(Int32(x)) }
       scanned += found.scanned
-      var cands = zip(found.scores, found.ids).map { (score: $0, id: $1) }
+      var cands = zip(found.scores, found.ids).map { (score: similarity(ip: $0, x, Int($1)), id: $1) }
       cands.sort { $0.score > $1.score || ($0.score == $1.score && $0.id < $1.id) }
       let kept = prune(x, candidates: cands, keys: keys, row: other)
       setEdges(x, kept)
@@ -506,8 +525,9 @@ struct ProximityGraph: Sendable {
       // where a search for queries like it arrives, so the best two of them point to it — in a
       // protected slot if one is free, else in place of an ordinary edge.
       for (s, id) in zip(found.scores, found.ids).prefix(2) where !hasEdge(from: Int(id), to: Int32(x)) {
-        let sim = s
-        if addProtected(from: Int(id), to: Int32(x), score: sim) || addEdge(from: Int(id), to: Int32(x), score: sim, force: true) { linked = true }
+        if addProtected(from: Int(id), to: Int32(x), score: s) || addEdge(from: Int(id), to: Int32(x), score: similarity(ip: s, x, Int(id)), force: true) {
+          linked = true
+        }
       }
       if !linked { for c in kept where addEdge(from: Int(c.id), to: Int32(x), score: c.score, force: true) { linked = true; break } }
       if entries.isEmpty || (!linked && x > 0) { entries.append(Int32(x)) }
@@ -598,7 +618,7 @@ extension ProximityGraph {
           let row = rp.pointer + worker * 2 * (D + 16), other = row + D + 16
           keys.read(node, into: row)
           var cands: [(score: Float, id: Int32)] = []
-          for t in targets[starts[i]..<starts[i + 1]] { cands.append((rowDot(row, keys, Int(t)), t)) }
+          for t in targets[starts[i]..<starts[i + 1]] { cands.append((g0.similarity(ip: rowDot(row, keys, Int(t)), node, Int(t)), t)) }
           cands.sort { $0.score > $1.score || ($0.score == $1.score && $0.id < $1.id) }
           kp.pointer[i] = g0.prune(node, candidates: cands, keys: keys, row: other)
         }
@@ -619,6 +639,9 @@ extension ProximityGraph {
     var rng = SeededGenerator(seed: parameters.seed ^ 0x5EED_6A4A)
     let tie = (0..<N).map { _ in rng.next() }
     let order = (0..<N).sorted { a, b in graph.norms[a] < graph.norms[b] || (graph.norms[a] == graph.norms[b] && tie[a] < tie[b]) }
+    let longCount = Swift.min(N, Swift.max(8, N / 512))
+    graph.longNorm = graph.norms[order[N - longCount]]
+    graph.longKeys = order[(N - longCount)...].map { Int32($0) }
     let batch = 1024
     let workers = Swift.max(1, parameters.threads)
     let scratches = (0..<workers).map { _ in Scratch(dim: D) }
@@ -648,7 +671,7 @@ extension ProximityGraph {
             scp.pointer[i] = found.scanned
             bp.pointer[i] = Array(zip(found.scores, found.ids).prefix(3)).map { (score: $0, id: $1) }
             // Candidates: the search results and the node's current edges, best first.
-            var cands = zip(found.scores, found.ids).map { (score: $0, id: $1) }
+            var cands = zip(found.scores, found.ids).map { (score: frozen.similarity(ip: $0, node, Int($1)), id: $1) }
             let e0 = node * frozen.stride
             for x in 0..<Int(frozen.edgeCount[node]) {
               let id = frozen.edges[e0 + x]
@@ -673,7 +696,9 @@ extension ProximityGraph {
         // like it arrive: the best three point here (protected edges, by inner product). This is
         // what makes a key that dominates some query's attention — a needle — findable.
         for t in best[i] where !graph.hasEdge(from: Int(t.id), to: Int32(node)) {
-          if !graph.addProtected(from: Int(t.id), to: Int32(node), score: t.score) { graph.addEdge(from: Int(t.id), to: Int32(node), score: t.score) }
+          if !graph.addProtected(from: Int(t.id), to: Int32(node), score: t.score) {
+            graph.addEdge(from: Int(t.id), to: Int32(node), score: graph.similarity(ip: t.score, node, Int(t.id)))
+          }
         }
       }
       b0 = b1

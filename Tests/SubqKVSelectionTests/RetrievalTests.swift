@@ -189,11 +189,17 @@ struct InnerProductIndexTests {
       let qs = q.scalars
       let scores = (0..<n).map { j in (0..<d).reduce(0.0) { $0 + Double(qs[$1]) * Double(ks[j * d + $1]) } }
       let truth = (0..<n).sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }.prefix(25)
+      // The same keys in the same order, up to Float32 rounding of near-ties: the Float64 scores of
+      // the returned keys, in order, match the true top-25 scores within 1e-5 of the largest.
+      func matches(_ ids: [Int]) -> Bool {
+        ids.count == 25 && Set(ids).count == 25
+          && zip(ids, truth).allSatisfy { abs(scores[$0] - scores[$1]) <= 1e-5 * abs(scores[truth.first!]) }
+      }
       let r = try index.exactSearch(q, k: 25)
-      #expect(r.ids == Array(truth) && r.scanned == n, "seed \(seed)")
+      #expect(matches(r.ids) && r.scanned == n, "exact \(r.ids) truth \(Array(truth)), seed \(seed)")
       // The graph search with a pool as large as the set visits every reachable key: same answer.
       let g = try index.search(q, k: 25, width: n)
-      #expect(g.ids == Array(truth), "graph search with full width missed keys, seed \(seed)")
+      #expect(matches(g.ids), "graph search with full width missed keys, seed \(seed)")
     }
   }
 
