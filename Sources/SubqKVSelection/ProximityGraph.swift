@@ -39,9 +39,9 @@ import SubqKernels
 ///    the protected slots, which ordinary linking never takes, so the repair holds.
 /// 6. *Entry points.* `entryPoints` sampled queries chosen by farthest-point (k-center) selection
 ///    on cosine distance; their pivots start every search. The longest 1/512 of the keys (at
-///    least 8, and later inserts as long) are scored by every search too: `q·k ≤ |q|·|k|`, so a
-///    key that dominates some query's attention is either well aligned with it — what the graph
-///    finds — or long.
+///    least 8, and later inserts as long) are scored by every search too, after the beam search,
+///    and join its results on their merit: `q·k ≤ |q|·|k|`, so a key that dominates some query's
+///    attention is either well aligned with it — what the graph finds — or long.
 ///
 /// **Search** is a best-first beam search by inner product with a candidate pool of `width`
 /// (HNSW's "ef", DiskANN's "L"), from every entry point. Excluded ids (outside `allowed`) are
@@ -86,8 +86,8 @@ struct ProximityGraph: Sendable {
   /// Squared norm from which a key counts as long: that of the longest `1/512` of the keys at
   /// build time (at least 8 keys).
   private(set) var longNorm: Float = .infinity
-  /// The long keys (build time, and inserted ones at least as long). Every search scores them
-  /// first, with the entry points: since `q·k ≤ |q|·|k|`, a key that dominates some query's
+  /// The long keys (build time, and inserted ones at least as long). Every search scores them and
+  /// merges them into its results: since `q·k ≤ |q|·|k|`, a key that dominates some query's
   /// attention is either well aligned with it — what the graph finds — or long.
   private(set) var longKeys: [Int32] = []
   private(set) var entries: [Int32] = []
@@ -264,12 +264,10 @@ struct ProximityGraph: Sendable {
       return a
     }
 
-    for list in [entries, longKeys] {
-      for e in list where Int(e) < n && visited[Int(e)] != epoch {
-        visited[Int(e)] = epoch
-        scanned += 1
-        _ = offer(rowDot(q, keys, Int(e)), e)
-      }
+    for e in entries where Int(e) < n && visited[Int(e)] != epoch {
+      visited[Int(e)] = epoch
+      scanned += 1
+      _ = offer(rowDot(q, keys, Int(e)), e)
     }
     var i = 0
     while i < size {
@@ -306,14 +304,27 @@ struct ProximityGraph: Sendable {
       i = next <= i ? next : i + 1
     }
     var ids: [Int32] = [], scores: [Float] = []
-    ids.reserveCapacity(k)
-    scores.reserveCapacity(k)
+    ids.reserveCapacity(k + 1)
+    scores.reserveCapacity(k + 1)
     for x in 0..<size {
       let id = pid[x]
       guard id >= lo && id < hi && id != skip else { continue }
       ids.append(id)
       scores.append(ps[x])
       if ids.count == k { break }
+    }
+    // The long keys the search did not reach are scored and join the results on their merit
+    // (not the beam: seeded with them, the search would wander through every cluster).
+    for e in longKeys where e >= lo && e < hi && e != skip && Int(e) < n && visited[Int(e)] != epoch {
+      visited[Int(e)] = epoch
+      scanned += 1
+      let sc = rowDot(q, keys, Int(e))
+      if ids.count == k, let last = scores.last, !(sc > last || (sc == last && e < ids[k - 1])) { continue }
+      var a = 0
+      while a < ids.count && (scores[a] > sc || (scores[a] == sc && ids[a] < e)) { a += 1 }
+      ids.insert(e, at: a)
+      scores.insert(sc, at: a)
+      if ids.count > k { ids.removeLast(); scores.removeLast() }
     }
     return Found(ids: ids, scores: scores, scanned: scanned)
   }
