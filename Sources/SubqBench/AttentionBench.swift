@@ -29,10 +29,14 @@ public struct AttentionBench {
     /// FLOPs of exact attention on the visible pairs (4·B·Hq·N²·D non-causal, about half causal).
     public var flops: Double
     public var gflops: Double
-    /// Peak resident memory of the process during the timed runs.
+    /// Peak resident memory of the process during one measured call.
     public var peakResidentBytes: Double
-    /// Resident memory beyond the inputs and outputs at the peak.
+    /// Resident memory the call needed beyond its inputs and output (peak RSS − RSS before −
+    /// output size, after returning freed heap memory to the OS).
     public var extraBytes: Double
+    /// Bytes of tensors and aligned workspace the call held at its peak beyond its inputs and
+    /// output (``MemoryTracker``; misses plain Swift arrays).
+    public var trackedExtraBytes: Double
     /// Relative Frobenius error of the checked rows against the Float64 reference.
     public var checkError: Double
     /// For approximate methods: relative Frobenius error of the whole output against exact
@@ -75,10 +79,22 @@ public struct AttentionBench {
         errorVsFlash = relativeError(first.output, exact.output.scalars.map(Double.init))
       }
 
-      let inputBytes = Double(d.queries.count + d.keys.count + d.values.count) * 4
+      // Memory: one dedicated run, with freed heap memory returned to the OS and the peak
+      // counters reset, so the figure is what this call needs beyond its inputs and output.
       let outputBytes = Double(problem.outputShape.reduce(1, *)) * 4
+      MachineInfo.trimHeap()
       MachineInfo.resetPeakResident()
-      let base = Double(MachineInfo.residentBytes())
+      MemoryTracker.resetPeak()
+      let rssBefore = Double(MachineInfo.residentBytes())
+      let liveBefore = Double(MemoryTracker.liveBytes)
+      do {
+        let r = try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+        blackHole(r.output)
+      }
+      let peak = Double(MachineInfo.peakResidentBytes())
+      let trackedExtra = max(0, Double(MemoryTracker.peakBytes) - liveBefore - outputBytes)
+      let residentExtra = max(0, peak - rssBefore - outputBytes)
+
       var failure: SubqError? = nil
       let timing = Timing.measure(repeats: config.repeats, warmup: 0) {
         do {
@@ -87,12 +103,11 @@ public struct AttentionBench {
         } catch { failure = error as? SubqError }
       }
       if let failure { throw failure }
-      let peak = Double(MachineInfo.peakResidentBytes())
-      _ = inputBytes
       let flops = problem.flops
       let row = Row(n: n, medianSeconds: timing.median, minSeconds: timing.min, flops: flops,
                     gflops: flops / timing.median / 1e9, peakResidentBytes: peak,
-                    extraBytes: max(0, peak - base - outputBytes), checkError: checkError, errorVsFlash: errorVsFlash)
+                    extraBytes: residentExtra, trackedExtraBytes: trackedExtra,
+                    checkError: checkError, errorVsFlash: errorVsFlash)
       rows.append(row)
       progress(row)
     }
