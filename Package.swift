@@ -18,7 +18,8 @@ import PackageDescription
 //                        package that depends on Subquadratic by version gets (SwiftPM refuses
 //                        unsafe flags in such dependencies).
 //
-// Release builds also use -Ounchecked and exclusivity checks off in the compute targets.
+// Release builds also use -Ounchecked and exclusivity checks off in the compute targets;
+// SUBQ_SAFETY_CHECKS=1 keeps both checks (to measure what they cost).
 // `subq` prints the resulting flags in every benchmark report (BuildInfo).
 
 let env = ProcessInfo.processInfo.environment
@@ -56,7 +57,9 @@ computeDefines.append(.define("SUBQ_FMA"))
 #endif
 if tuning == "none" { computeDefines = [.define("SUBQ_TUNE_NONE")] }
 
-let releaseFlags: [String] = tuning == "none" ? [] : ["-Ounchecked", "-enforce-exclusivity=unchecked"]
+let keepChecks = env["SUBQ_SAFETY_CHECKS"] == "1"
+let releaseFlags: [String] = tuning == "none" || keepChecks ? [] : ["-Ounchecked", "-enforce-exclusivity=unchecked"]
+if keepChecks { computeDefines.append(.define("SUBQ_SAFETY_CHECKS")) }
 
 /// Settings for every target that does arithmetic.
 let compute: [SwiftSetting] =
