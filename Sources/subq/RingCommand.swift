@@ -241,9 +241,14 @@ struct RingCommand: ParsableCommand {
       }
     }
     print(table.render())
+    // The model: R of one machine from P = 1 (one rank, every core), W between ranks from the
+    // run with the most ranks that does not oversubscribe the cores (else the fastest measured).
     if let last = reports.last {
+      let rate = reports.first { $0.ranks == 1 }?.computeRate
+      let fit = reports.filter { $0.transferRate != nil && $0.ranks <= MachineInfo.cores }.last
+      let bandwidth = fit?.transferRate ?? reports.compactMap(\.transferRate).max()
       print("")
-      print(last.render().split(separator: "\n").drop { !$0.hasPrefix("measured:") }.joined(separator: "\n"))
+      print(last.render(rate: rate, bandwidth: bandwidth).split(separator: "\n").drop { !$0.hasPrefix("measured:") }.joined(separator: "\n"))
     }
   }
   #endif
