@@ -67,13 +67,43 @@ let compute: [SwiftSetting] =
   + (computeFlags.isEmpty ? [] : [.unsafeFlags(computeFlags)])
   + (releaseFlags.isEmpty ? [] : [.unsafeFlags(releaseFlags, .when(configuration: .release))])
 
+// MARK: - MPI (optional)
+//
+// Sequence-parallel attention across processes (`subq ring`, module SubqMPI) runs on Open MPI.
+// Everything else builds and tests without it. SUBQ_MPI picks:
+//
+//   (unset)   build the MPI targets when Open MPI's headers are installed (Debian/Ubuntu:
+//             `apt-get install openmpi-bin libopenmpi-dev`; Homebrew: `brew install open-mpi`)
+//   "1"       build them (pkg-config must find `ompi`)
+//   "0"       never build them; `subq ring` then says MPI is missing
+//
+// SwiftPM caches this manifest: after installing or removing Open MPI, run `swift package reset`
+// (or set SUBQ_MPI) so the change is seen.
+func openMPIInstalled() -> Bool {
+  let headers = [
+    "/usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h", "/usr/lib/aarch64-linux-gnu/openmpi/include/mpi.h",
+    "/usr/include/openmpi-x86_64/mpi.h", "/usr/include/openmpi-aarch64/mpi.h",
+    "/opt/homebrew/opt/open-mpi/include/mpi.h", "/usr/local/opt/open-mpi/include/mpi.h",
+  ]
+  return headers.contains { FileManager.default.fileExists(atPath: $0) }
+}
+let useMPI: Bool = {
+  switch env["SUBQ_MPI"] {
+  case "1"?: return true
+  case "0"?: return false
+  default: return openMPIInstalled()
+  }
+}()
+/// Compiled into `subq` and the ring tests when the MPI targets are built.
+let mpiDefine: [SwiftSetting] = useMPI ? [.define("SUBQ_MPI")] : []
+
 let package = Package(
   name: "Subquadratic",
   platforms: [.macOS(.v15)],
   products: [
     .library(name: "Subquadratic", targets: ["Subquadratic"]),
     .executable(name: "subq", targets: ["subq"]),
-  ],
+  ] + (useMPI ? [.library(name: "SubqMPI", targets: ["SubqMPI"])] : []),
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
   ],
@@ -86,15 +116,18 @@ let package = Package(
     /// Exact attention: the Float64 reference and FlashAttention-2.
     .target(name: "SubqAttention", dependencies: ["SubqCore", "SubqKernels"], swiftSettings: compute),
     /// The umbrella module: re-exports every family and holds the method registry.
-    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention"], swiftSettings: compute),
+    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqRing"], swiftSettings: compute),
+    /// Sequence-parallel exact attention (ring, tokenring, heads) over any `Communicator`; no MPI needed.
+    .target(name: "SubqRing", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
 
     // MARK: - Tools
     /// Benchmark harness, machine limits and the comparison reports behind `subq`.
     .target(name: "SubqBench", dependencies: ["Subquadratic"], swiftSettings: compute),
     .executableTarget(
       name: "subq",
-      dependencies: ["Subquadratic", "SubqBench", .product(name: "ArgumentParser", package: "swift-argument-parser")],
-      swiftSettings: compute),
+      dependencies: ["Subquadratic", "SubqBench", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        + (useMPI ? ["SubqMPI"] : []),
+      swiftSettings: compute + mpiDefine),
 
     // MARK: - Tests
     .target(name: "SubqTestSupport", dependencies: ["Subquadratic"], path: "Tests/SubqTestSupport", swiftSettings: compute),
@@ -102,6 +135,16 @@ let package = Package(
     .testTarget(name: "SubqKernelsTests", dependencies: ["SubqKernels", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqAttentionTests", dependencies: ["SubqAttention", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqCLITests", dependencies: ["subq", "SubqTestSupport"], swiftSettings: compute),
-  ],
+    .testTarget(name: "SubqRingTests", dependencies: ["SubqRing", "subq", "SubqTestSupport"], swiftSettings: compute + mpiDefine),
+  ]
+    + (useMPI
+      ? [
+        // MARK: - MPI (only when Open MPI is installed; see above)
+        /// Open MPI's C API (system library, pkg-config `ompi`).
+        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi",
+                       providers: [.apt(["libopenmpi-dev", "openmpi-bin"]), .brew(["open-mpi"])]),
+        /// `Communicator` over MPI, and the MPI process lifetime.
+        .target(name: "SubqMPI", dependencies: ["CMPI", "SubqRing", "SubqCore"], swiftSettings: compute),
+      ] : []),
   swiftLanguageModes: [.v6]
 )
