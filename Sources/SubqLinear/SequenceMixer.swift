@@ -406,8 +406,8 @@ public enum SequenceMixers {
     LinearAttention.self,
     TransNormerAttention.self,
     LinFusionAttention.self,
-    //PoNetMixer.self,
-    //MonarchMixer.self,
+    PoNetMixer.self,
+    MonarchMixer.self,
   ]
 
   /// The mixer type registered under `name`.
