@@ -100,7 +100,7 @@ let package = Package(
     .testTarget(name: "SubqCoreTests", dependencies: ["SubqCore", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqKernelsTests", dependencies: ["SubqKernels", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqAttentionTests", dependencies: ["SubqAttention", "SubqTestSupport"], swiftSettings: compute),
-    .testTarget(name: "SubqLinearTests", dependencies: ["SubqLinear", "SubqTestSupport"], swiftSettings: compute),
+    .testTarget(name: "SubqLinearTests", dependencies: ["SubqLinear", "SubqKernels", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqCLITests", dependencies: ["subq", "SubqTestSupport"], swiftSettings: compute),
   ],
   swiftLanguageModes: [.v6]

@@ -20,9 +20,9 @@ import SubqKernels
 /// computed once per call for every batch entry. Parallel over channel groups.
 ///
 /// - Complexity: O(C·(B + 1)·M log M) time with M ≈ 2N; extra memory O(threads·M·laneWidth).
-enum LongConvolution {
+package enum LongConvolution {
   /// The smallest `2^a·3^b·5^c ≥ 2n − 1`.
-  static func fftSize(_ n: Int) -> Int {
+  package static func fftSize(_ n: Int) -> Int {
     let target = max(1, 2 * n - 1)
     var best = Int.max
     var p2 = 1
@@ -46,7 +46,7 @@ enum LongConvolution {
   ///   - y: `[B, N, ldy]` rows, channels `0..<C` written or accumulated.
   ///   - kFwd: `[C, ldk]`, taps `0..<N` used; `kRev` the same (bidirectional) or nil (causal).
   ///   - skip: `[C]` or nil.
-  static func apply(
+  package static func apply(
     batch B: Int, length N: Int, channels C: Int,
     x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool,
     kFwd: UnsafePointer<Float>, kRev: UnsafePointer<Float>?, ldk: Int, skip: UnsafePointer<Float>?, threads: Int
