@@ -17,6 +17,8 @@ struct Subq: ParsableCommand {
       BenchCommand.self,
       PeakCommand.self,
       MethodsCommand.self,
+      MixCommand.self,
+      MixBenchCommand.self,
     ])
 
   static func main() {
