@@ -106,6 +106,12 @@ import Testing
       w.tensors["filter_fn2.bias"] = Tensor.randomNormal(shape: [C], seed: seed + 6)
       if bidirectional { w.tensors["filter_fn2.k_rev"] = Tensor.randomNormal(shape: [C, lmax], seed: seed + 7, std: 0.3) }
     }
+    // Taps at N and beyond must never be read: make them huge, so a leak is loud.
+    for name in ["filter_fn.k", "filter_fn.k_rev", "filter_fn2.k", "filter_fn2.k_rev"] where lmax > N {
+      guard var t = w.tensors[name] else { continue }
+      for c in 0..<C { for j in N..<lmax { t[c, j] = 1e30 } }
+      w.tensors[name] = t
+    }
     return w
   }
 
