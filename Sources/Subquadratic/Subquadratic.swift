@@ -2,6 +2,7 @@
 @_exported import SubqAttention
 @_exported import SubqCore
 @_exported import SubqRing
+@_exported import SubqLinear
 
 /// Every attention method in the library, by name.
 public enum AttentionMethods {

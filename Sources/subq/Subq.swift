@@ -18,6 +18,8 @@ struct Subq: ParsableCommand {
       PeakCommand.self,
       MethodsCommand.self,
       RingCommand.self,
+      MixCommand.self,
+      MixBenchCommand.self,
     ])
 
   static func main() {
