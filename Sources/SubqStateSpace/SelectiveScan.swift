@@ -271,7 +271,7 @@ struct ScanKernel: @unchecked Sendable {
   /// Whether every A of the channel is ≤ 0 (`[D]`), so exp(Δ·A) ≤ 1 when Δ ≥ 0.
   let stable: UnsafePointer<Bool>
   /// Floats of per-worker scratch one `scan` call needs.
-  static var scratchFloats: Int { 2 * Lane.scalarCount + Lane.scalarCount * Lane.scalarCount + 16 }
+  static var scratchFloats: Int { 2 * Lane.scalarCount + (Lane.scalarCount + 1) * Lane.scalarCount + 16 }
 
   /// Scans steps `l0..<l1` of channel `d` of batch entry `b`, starting from (and leaving the
   /// final state in) `state` (`npad` floats). Writes the outputs when `write`. Returns ΣΔ over
@@ -319,7 +319,17 @@ struct ScanKernel: @unchecked Sendable {
       storeLane(dv * uv, sdu)
       let fast = aStable && !any(dv .< 0)
       let bAt = bRow + l * npad, cAt = cRow + l * npad
-      if nv == 1 {
+      if nv == 1 && c == W && write {
+        // The common case: a full block, one-vector state, outputs reduced in registers.
+        let (y, h) = fast ? fullBlock(DecayExp.self, st[0], aRow[0], sd, sdu, bAt, cAt, p)
+          : fullBlock(AnyExp.self, st[0], aRow[0], sd, sdu, bAt, cAt, p)
+        st[0] = h
+        var out = fmadd(y, dSkip, uv)
+        if zRow != nil { out *= siluLane(zv) }
+        storeLane(out, oRow + l)
+        l += c
+        continue
+      } else if nv == 1 {
         var h = st[0]
         switch (fast, write) {
         case (true, true): steps1(DecayExp.self, Yes.self, &h, aRow[0], sd, sdu, bAt, cAt, c, p)
@@ -338,6 +348,7 @@ struct ScanKernel: @unchecked Sendable {
       }
       if write {
         for j in c..<W { p[j] = Lane() }
+        compilerBarrier(p)
         var y = fmadd(transposedSums(p), dSkip, uv)
         if zRow != nil { y *= siluLane(zv) }
         if c == W {
@@ -351,6 +362,29 @@ struct ScanKernel: @unchecked Sendable {
     return (hsum(sum), hsum(nf) != 0 || hsum(nf).isNaN)
   }
 
+  /// A full block of W steps with a one-vector state held in registers. Returns the W outputs
+  /// Σₙ C·h (before the skip and the gate) and the new state.
+  ///
+  /// The per-step products C·h go to scratch memory and are summed afterwards
+  /// (``transposedSums(_:)``). An opaque call sits between the two: without it LLVM forwards
+  /// the stores, pushes the sums' half-vector extractions back through the arithmetic and
+  /// splits the whole recurrence into 128-bit pieces, which made the scan several times slower.
+  @inline(__always)
+  func fullBlock<E: ScanExp>(
+    _: E.Type, _ h0: Lane, _ a: Lane, _ sd: UnsafeMutablePointer<Float>, _ sdu: UnsafeMutablePointer<Float>,
+    _ bAt: UnsafePointer<Float>, _ cAt: UnsafePointer<Float>, _ p: UnsafeMutablePointer<Lane>
+  ) -> (y: Lane, h: Lane) {
+    let np = npad
+    var h = h0
+    for j in 0..<Lane.scalarCount {
+      let dA = E.exp2(a * Lane(repeating: sd[j]))
+      h = fmadd(loadLane(bAt + j * np) * Lane(repeating: sdu[j]), h, dA)
+      p[j] = fmadd(Lane(), h, loadLane(cAt + j * np))
+    }
+    compilerBarrier(p)
+    return (transposedSums(p), h)
+  }
+
   /// `c` steps with a one-vector state held in a register.
   @inline(__always)
   func steps1<E: ScanExp, F: ScanFlag>(
@@ -361,7 +395,7 @@ struct ScanKernel: @unchecked Sendable {
     for j in 0..<c {
       let dA = E.exp2(a * Lane(repeating: sd[j]))
       h = fmadd(loadLane(bAt + j * np) * Lane(repeating: sdu[j]), h, dA)
-      if F.on { p[j] = h * loadLane(cAt + j * np) }
+      if F.on { p[j] = fmadd(Lane(), h, loadLane(cAt + j * np)) }
     }
   }
 
@@ -441,7 +475,7 @@ struct ScanRunner {
     }
     let workersMax = threads
     let flags = AlignedBuffer<Int32>(count: workersMax * 16)
-    let scratchFloats = ScanKernel.scratchFloats + 16
+    let scratchFloats = (ScanKernel.scratchFloats + 31) / 16 * 16  // whole 64-byte lines: Lane pointers stay aligned
     let scratch = AlignedBuffer<Float>(count: workersMax * scratchFloats)
 
     let zTensor = inputs.z
@@ -601,6 +635,15 @@ struct ScanRunner {
     return first
   }
 }
+
+/// An opaque call: LLVM must assume it reads and writes `p`, so values stored there before it
+/// are not forwarded into the code after it.
+/// (It may write `p` under a flag that is never set, so LLVM cannot prove it does not.)
+@inline(never)
+func compilerBarrier(_ p: UnsafeMutablePointer<Lane>) {
+  if barrierNeverSet { p[0] = Lane(repeating: .nan) }
+}
+nonisolated(unsafe) var barrierNeverSet = false
 
 /// Calls `body` with the base address of `t`'s scalars, or nil.
 @inline(__always)

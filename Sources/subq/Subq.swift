@@ -17,6 +17,7 @@ struct Subq: ParsableCommand {
       BenchCommand.self,
       PeakCommand.self,
       MethodsCommand.self,
+      ScanBenchCommand.self,
     ])
 
   static func main() {
