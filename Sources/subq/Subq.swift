@@ -17,6 +17,9 @@ struct Subq: ParsableCommand {
       BenchCommand.self,
       PeakCommand.self,
       MethodsCommand.self,
+      ScanCommand.self,
+      SSDCommand.self,
+      TitansCommand.self,
       ScanBenchCommand.self,
     ])
 
