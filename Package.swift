@@ -82,8 +82,10 @@ let package = Package(
     .target(name: "SubqKernels", dependencies: ["SubqCore"], swiftSettings: compute),
     /// Exact attention: the Float64 reference and FlashAttention-2.
     .target(name: "SubqAttention", dependencies: ["SubqCore", "SubqKernels"], swiftSettings: compute),
+    /// The AVX-512 block of the selective scan in C intrinsics (header-only, inlined into Swift).
+    .target(name: "SubqScanC"),
     /// State-space scans: Mamba selective scan, Mamba-2 SSD, MambaMixer, Titans memory.
-    .target(name: "SubqStateSpace", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
+    .target(name: "SubqStateSpace", dependencies: ["SubqCore", "SubqKernels", "SubqAttention", "SubqScanC"], swiftSettings: compute),
     /// The umbrella module: re-exports every family and holds the method registry.
     .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqStateSpace"], swiftSettings: compute),
 

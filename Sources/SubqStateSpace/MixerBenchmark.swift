@@ -156,17 +156,20 @@ public enum StateSpaceBenchmarks {
   public static func titansMemory(width: Int = 64, hidden: Int = 256, chunk: Int = 16) -> MixerBenchmark {
     MixerBenchmark(
       name: "titans-memory",
-      summary: "Titans neural long-term memory (LMM), MLP \(width)→\(hidden)→\(width), chunk \(chunk), momentum + forgetting",
+      summary: "Titans neural long-term memory (LMM), MLP \(width)→\(hidden)→\(width), chunk \(chunk), momentum + forgetting; one sequence, one thread",
       paper: "Behrouz, Zhong & Mirrokni, Titans: Learning to Memorize at Test Time (2025)",
       complexity: "O(L·|M|) time, O(|M|) state (|M| = memory weights)"
     ) { (length: Int, seed: UInt64, threads: Int) throws(SubqError) -> MixerRun in
       let memory = try NeuralMemory(chunk: chunk)
-      _ = threads  // one sequence: the memory update is sequential over chunks
+      _ = threads  // one sequence: the memory runs on one thread (chunks are sequential)
       var g = SeededGenerator(seed: seed)
       let weights = NeuralMemory.randomWeights(sizes: [width, hidden, width], seed: g.next())
-      let k = Tensor.randomNormal(shape: [length, width], seed: g.next(), std: 0.5)
+      // Keys and queries of norm ≈ 1 (the paper ℓ2-normalises them) keep the test-time learning
+      // stable over any length.
+      let kStd = Float(1 / Double(width).squareRoot())
+      let k = Tensor.randomNormal(shape: [length, width], seed: g.next(), std: kStd)
       let v = Tensor.randomNormal(shape: [length, width], seed: g.next(), std: 0.5)
-      let q = Tensor.randomNormal(shape: [length, width], seed: g.next(), std: 0.5)
+      let q = Tensor.randomNormal(shape: [length, width], seed: g.next(), std: kStd)
       let gates = MemoryGates(
         theta: .randomUniform(shape: [length], seed: g.next(), in: 0.001...0.02),
         eta: .randomUniform(shape: [length], seed: g.next(), in: 0.8...0.99),

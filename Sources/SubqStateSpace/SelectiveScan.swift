@@ -1,6 +1,9 @@
 import Foundation
 import SubqCore
 import SubqKernels
+#if SUBQ_AVX512
+import SubqScanC
+#endif
 
 /// The inputs of a selective scan, in the layout of mamba's `selective_scan_ref`.
 ///
@@ -271,7 +274,7 @@ struct ScanKernel: @unchecked Sendable {
   /// Whether every A of the channel is ≤ 0 (`[D]`), so exp(Δ·A) ≤ 1 when Δ ≥ 0.
   let stable: UnsafePointer<Bool>
   /// Floats of per-worker scratch one `scan` call needs.
-  static var scratchFloats: Int { 2 * Lane.scalarCount + (Lane.scalarCount + 1) * Lane.scalarCount + 16 }
+  static var scratchFloats: Int { 5 * Lane.scalarCount + (Lane.scalarCount + 1) * Lane.scalarCount + 16 }
 
   /// Scans steps `l0..<l1` of channel `d` of batch entry `b`, starting from (and leaving the
   /// final state in) `state` (`npad` floats). Writes the outputs when `write`. Returns ΣΔ over
@@ -291,16 +294,29 @@ struct ScanKernel: @unchecked Sendable {
     let st = UnsafeMutableRawPointer(state).assumingMemoryBound(to: Lane.self)
     let sd = scratch, sdu = scratch + W
     let p = UnsafeMutableRawPointer(scratch + 2 * W).assumingMemoryBound(to: Lane.self)
+    #if SUBQ_AVX512
+    let uo = scratch + 2 * W + (W + 1) * W, gt = uo + W, nfp = gt + W
+    nfp.update(repeating: 0, count: W)
+    #endif
     let dSkip = Lane(repeating: skip?[d] ?? 0)
+    #if !SUBQ_AVX512
     let dBias = Lane(repeating: bias?[d] ?? 0)
-    let aStable = stable[d]
     let iota = laneIota
+    #endif
+    let aStable = stable[d]
     var nf = Lane()
     var sum = Lane()
     var l = l0
     while l < l1 {
       let c = min(W, l1 - l)
       var dv: Lane, uv: Lane, zv = Lane()
+      #if SUBQ_AVX512
+      // Loads, softplus, Δ·u, the gate and the finiteness check in C (no divisions).
+      subq_scan_prep16(dRow + l, uRow + l, zRow.map { $0 + l }, c, bias?[d] ?? 0, s.softplus ? 1 : 0, sd, sdu, uo, gt, nfp)
+      dv = loadLane(sd)
+      uv = loadLane(uo)
+      zv = loadLane(gt)  // SiLU(z) already
+      #else
       if c == W {
         dv = loadLane(dRow + l)
         uv = loadLane(uRow + l)
@@ -314,18 +330,27 @@ struct ScanKernel: @unchecked Sendable {
       dv += dBias
       if s.softplus { dv = softplusLane(dv) }
       if c < W { dv = dv.replacing(with: 0, where: iota .>= Lane(repeating: Float(c))) }
-      sum += dv
       storeLane(dv, sd)
       storeLane(dv * uv, sdu)
+      if zRow != nil { zv = siluLane(zv) }
+      #endif
+      sum += dv
       let fast = aStable && !any(dv .< 0)
       let bAt = bRow + l * npad, cAt = cRow + l * npad
       if nv == 1 && c == W && write {
-        // The common case: a full block, one-vector state, outputs reduced in registers.
+        // The common case: a full block with a one-vector state.
+        #if SUBQ_AVX512
+        // The C block (vscalefps exponential, shuffle-tree sums) handles any argument.
+        let ys = UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self)
+        subq_scan_block16(state, a2 + d * npad, sd, sdu, bAt, cAt, npad, ys)
+        let y = loadLane(ys)
+        #else
         let (y, h) = fast ? fullBlock(DecayExp.self, st[0], aRow[0], sd, sdu, bAt, cAt, p)
           : fullBlock(AnyExp.self, st[0], aRow[0], sd, sdu, bAt, cAt, p)
         st[0] = h
+        #endif
         var out = fmadd(y, dSkip, uv)
-        if zRow != nil { out *= siluLane(zv) }
+        if zRow != nil { out *= zv }
         storeLane(out, oRow + l)
         l += c
         continue
@@ -350,7 +375,7 @@ struct ScanKernel: @unchecked Sendable {
         for j in c..<W { p[j] = Lane() }
         compilerBarrier(p)
         var y = fmadd(transposedSums(p), dSkip, uv)
-        if zRow != nil { y *= siluLane(zv) }
+        if zRow != nil { y *= zv }
         if c == W {
           storeLane(y, oRow + l)
         } else {
@@ -359,6 +384,9 @@ struct ScanKernel: @unchecked Sendable {
       }
       l += c
     }
+    #if SUBQ_AVX512
+    nf = loadLane(nfp)
+    #endif
     return (hsum(sum), hsum(nf) != 0 || hsum(nf).isNaN)
   }
 
@@ -524,7 +552,7 @@ struct ScanRunner {
     let s = k.s
     let block = 8
     let blocksPerBatch = (s.channels + block - 1) / block
-    let tile = 512
+    let tile = 256  // B and C of a tile (2 × 256 × N floats) stay in L1 while the block's channels walk it
     let st = SendablePointer(states), fl = SendablePointer(flags), sc = SendablePointer(scratch)
     Parallel.forEach(s.batch * blocksPerBatch, threads: threads) { item, worker in
       let b = item / blocksPerBatch
