@@ -73,8 +73,11 @@ public struct SelectiveScanResult: Sendable {
 ///
 /// **How it runs.** Channels are independent, so the scan is parallel over (batch, channel
 /// block); inside a channel the state vector of N floats is the SIMD vector (N is padded to the
-/// lane width), the per-step scalars are computed 16 (or 8) steps at a time, and the outputs
-/// C·h of a block of steps are summed with one transposing reduction tree. Time is cut into
+/// lane width), the per-step scalars (softplus, Δ·u, SiLU of the gate) are computed 16 (or 8)
+/// steps at a time, and so are the outputs C·h. On AVX-512 builds with N ≤ 16 a block of 16
+/// steps runs in C intrinsics (`SubqScanC`: a vscalefps exponential, a transposing shuffle tree
+/// for the 16 sums, reciprocals instead of divisions), because Swift cannot express those
+/// instructions; elsewhere the same steps run in Swift SIMD. Time is cut into
 /// tiles so the transposed B and C of a tile stay in cache while every channel of a block walks
 /// it. When there are too few channels for the cores (`B·D` small), the sequence is also cut into
 /// chunks: each chunk is scanned from a zero state to get its final state, the chunk states are
