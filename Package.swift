@@ -118,9 +118,13 @@ let package = Package(
     /// Linear-time mixers: linear attention, TransNormer, LinFusion, PoNet, Monarch Mixer; FFT.
     .target(name: "SubqLinear", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
     /// The umbrella module: re-exports every family and holds the method registry.
-    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqRing", "SubqLinear"], swiftSettings: compute),
+    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqRing", "SubqLinear", "SubqStateSpace"], swiftSettings: compute),
     /// Sequence-parallel exact attention (ring, tokenring, heads) over any `Communicator`; no MPI needed.
     .target(name: "SubqRing", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
+    /// The AVX-512 block of the selective scan in C intrinsics (header-only, inlined into Swift).
+    .target(name: "SubqScanC"),
+    /// State-space scans: Mamba selective scan, Mamba-2 SSD, MambaMixer, Titans memory.
+    .target(name: "SubqStateSpace", dependencies: ["SubqCore", "SubqKernels", "SubqAttention", "SubqScanC"], swiftSettings: compute),
 
     // MARK: - Tools
     /// Benchmark harness, machine limits and the comparison reports behind `subq`.
@@ -137,6 +141,7 @@ let package = Package(
     .testTarget(name: "SubqKernelsTests", dependencies: ["SubqKernels", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqAttentionTests", dependencies: ["SubqAttention", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqLinearTests", dependencies: ["SubqLinear", "SubqKernels", "SubqTestSupport"], swiftSettings: compute),
+    .testTarget(name: "SubqStateSpaceTests", dependencies: ["SubqStateSpace", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqCLITests", dependencies: ["subq", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqRingTests", dependencies: ["SubqRing", "subq", "SubqTestSupport"], swiftSettings: compute + mpiDefine),
   ]

@@ -3,6 +3,7 @@
 @_exported import SubqCore
 @_exported import SubqRing
 @_exported import SubqLinear
+@_exported import SubqStateSpace
 
 /// Every attention method in the library, by name.
 public enum AttentionMethods {

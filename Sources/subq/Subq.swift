@@ -20,6 +20,10 @@ struct Subq: ParsableCommand {
       RingCommand.self,
       MixCommand.self,
       MixBenchCommand.self,
+      ScanCommand.self,
+      SSDCommand.self,
+      TitansCommand.self,
+      ScanBenchCommand.self,
     ])
 
   static func main() {
