@@ -52,7 +52,7 @@ struct ScanBenchCommand: ParsableCommand {
     }
     let t = threads ?? Parallel.defaultThreads
     if t < 1 { throw SubqError.argument(op: "scan-bench", name: "--threads", value: "\(t)", reason: "must be at least 1") }
-    var benches: [MixerBenchmark] = []
+    var benches: [ScanBenchmark] = []
     for name in mixers.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
       if name == "selective-scan" {
         benches.append(StateSpaceBenchmarks.selectiveScan(channels: channels, state: state))

@@ -7,7 +7,7 @@ import SubqCore
 ///
 /// `subq scan-bench` uses these; `subq compare` can list ``StateSpaceBenchmarks/all`` in a
 /// speed-only table (these mixers have no attention output to compare errors against).
-public struct MixerBenchmark: Sendable {
+public struct ScanBenchmark: Sendable {
   /// Registry name (`selective-scan`, `ssd`, `titans-memory`).
   public var name: String
   /// One-line summary, including the fixed shape it runs.
@@ -17,10 +17,10 @@ public struct MixerBenchmark: Sendable {
   /// Time and memory complexity.
   public var complexity: String
   /// Builds random inputs for `length` tokens (seeded) and returns the run.
-  public var prepare: @Sendable (_ length: Int, _ seed: UInt64, _ threads: Int) throws(SubqError) -> MixerRun
+  public var prepare: @Sendable (_ length: Int, _ seed: UInt64, _ threads: Int) throws(SubqError) -> ScanRun
 
   public init(name: String, summary: String, paper: String, complexity: String,
-              prepare: @escaping @Sendable (_ length: Int, _ seed: UInt64, _ threads: Int) throws(SubqError) -> MixerRun) {
+              prepare: @escaping @Sendable (_ length: Int, _ seed: UInt64, _ threads: Int) throws(SubqError) -> ScanRun) {
     self.name = name
     self.summary = summary
     self.paper = paper
@@ -29,8 +29,8 @@ public struct MixerBenchmark: Sendable {
   }
 }
 
-/// Prepared inputs of one ``MixerBenchmark`` at one length.
-public struct MixerRun: Sendable {
+/// Prepared inputs of one ``ScanBenchmark`` at one length.
+public struct ScanRun: Sendable {
   /// The shape, e.g. `B=1 D=1536 N=16 L=65536`.
   public var shape: String
   /// Bytes a pass must move at least: every input read once and every output written once.
@@ -56,25 +56,25 @@ public struct MixerRun: Sendable {
 /// The benchmarkable mixers of this module.
 public enum StateSpaceBenchmarks {
   /// Every mixer at its default benchmark shape.
-  public static var all: [MixerBenchmark] { [selectiveScan(), ssd(), titansMemory()] }
+  public static var all: [ScanBenchmark] { [selectiveScan(), ssd(), titansMemory()] }
 
   /// The mixer named `name` at its default shape.
-  public static func named(_ name: String) -> MixerBenchmark? { all.first { $0.name == name } }
+  public static func named(_ name: String) -> ScanBenchmark? { all.first { $0.name == name } }
 
   /// The selective scan at batch `batch`, `channels` channels and state size `state`, with
   /// every option on (D skip, z gate, delta bias, softplus): Mamba-1 at d_model 768 has 1536
   /// inner channels and N = 16.
-  public static func selectiveScan(batch: Int = 1, channels: Int = 1536, state: Int = 16) -> MixerBenchmark {
-    MixerBenchmark(
+  public static func selectiveScan(batch: Int = 1, channels: Int = 1536, state: Int = 16) -> ScanBenchmark {
+    ScanBenchmark(
       name: "selective-scan",
       summary: "Mamba S6 selective scan, B=\(batch) D=\(channels) N=\(state), D skip, z gate, delta bias + softplus",
       paper: "Gu & Dao, Mamba: Linear-Time Sequence Modeling with Selective State Spaces (2023)",
       complexity: "O(L·D·N) time, O(D·N) state"
-    ) { (length: Int, seed: UInt64, threads: Int) throws(SubqError) -> MixerRun in
+    ) { (length: Int, seed: UInt64, threads: Int) throws(SubqError) -> ScanRun in
       let x = selectiveScanInputs(batch: batch, channels: channels, state: state, length: length, seed: seed)
       let scan = SelectiveScan(threads: threads)
       let bdl = Double(batch * channels * length), bnl = Double(batch * state * length)
-      return MixerRun(
+      return ScanRun(
         shape: "B=\(batch) D=\(channels) N=\(state) L=\(length)",
         bytes: 4 * (4 * bdl + 2 * bnl),  // u, delta, z read, out written; B, C read
         flops: 7 * bdl * Double(state),
@@ -110,18 +110,18 @@ public enum StateSpaceBenchmarks {
   }
 
   /// Mamba-2 SSD at Mamba-2's d_model 768 shape: 24 heads of 64, N = 128, one group, chunk 64.
-  public static func ssd(batch: Int = 1, heads: Int = 24, headDim: Int = 64, state: Int = 128, chunk: Int = 64) -> MixerBenchmark {
-    MixerBenchmark(
+  public static func ssd(batch: Int = 1, heads: Int = 24, headDim: Int = 64, state: Int = 128, chunk: Int = 64) -> ScanBenchmark {
+    ScanBenchmark(
       name: "ssd",
       summary: "Mamba-2 SSD chunked scan, B=\(batch) H=\(heads) P=\(headDim) N=\(state) G=1, chunk \(chunk), D skip",
       paper: "Dao & Gu, Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured State Space Duality (2024)",
       complexity: "O(L·Q·(N+P) + L·N·P) time per head (Q = chunk), O(N·P) state"
-    ) { (length: Int, seed: UInt64, threads: Int) throws(SubqError) -> MixerRun in
+    ) { (length: Int, seed: UInt64, threads: Int) throws(SubqError) -> ScanRun in
       let x = ssdInputs(batch: batch, heads: heads, headDim: headDim, groups: 1, state: state, length: length, seed: seed)
       let ssd = try SSD(chunk: chunk, threads: threads)
       let blh = Double(batch * length * heads)
       let flops = blh * Double(2 * chunk * headDim + 4 * state * headDim) + Double(batch * length * chunk * state)
-      return MixerRun(
+      return ScanRun(
         shape: "B=\(batch) H=\(heads) P=\(headDim) N=\(state) L=\(length) chunk=\(chunk)",
         bytes: 4 * (2 * blh * Double(headDim) + blh + 2 * Double(batch * length * state)),
         flops: flops,
@@ -153,13 +153,13 @@ public enum StateSpaceBenchmarks {
 
   /// The Titans long-term memory alone (LMM): a 2-layer MLP memory of width 64 → 256 → 64
   /// updated chunk by chunk (chunk 16) and read by every token.
-  public static func titansMemory(width: Int = 64, hidden: Int = 256, chunk: Int = 16) -> MixerBenchmark {
-    MixerBenchmark(
+  public static func titansMemory(width: Int = 64, hidden: Int = 256, chunk: Int = 16) -> ScanBenchmark {
+    ScanBenchmark(
       name: "titans-memory",
       summary: "Titans neural long-term memory (LMM), MLP \(width)→\(hidden)→\(width), chunk \(chunk), momentum + forgetting; one sequence, one thread",
       paper: "Behrouz, Zhong & Mirrokni, Titans: Learning to Memorize at Test Time (2025)",
       complexity: "O(L·|M|) time, O(|M|) state (|M| = memory weights)"
-    ) { (length: Int, seed: UInt64, threads: Int) throws(SubqError) -> MixerRun in
+    ) { (length: Int, seed: UInt64, threads: Int) throws(SubqError) -> ScanRun in
       let memory = try NeuralMemory(chunk: chunk)
       _ = threads  // one sequence: the memory runs on one thread (chunks are sequential)
       var g = SeededGenerator(seed: seed)
@@ -175,7 +175,7 @@ public enum StateSpaceBenchmarks {
         eta: .randomUniform(shape: [length], seed: g.next(), in: 0.8...0.99),
         alpha: .randomUniform(shape: [length], seed: g.next(), in: 0...0.01))
       let params = Double(width * hidden * 2)
-      return MixerRun(
+      return ScanRun(
         shape: "d=\(width) hidden=\(hidden) chunk=\(chunk) L=\(length)",
         bytes: 4 * Double(length * (4 * width + 3)),
         flops: Double(length) * params * 2 * 5,  // read, forward, backward (2), two weighted gradient sums
