@@ -29,10 +29,11 @@ public struct AttentionBench {
     /// FLOPs of exact attention on the visible pairs (4·B·Hq·N²·D non-causal, about half causal).
     public var flops: Double
     public var gflops: Double
-    /// Peak resident memory of the process during the timed runs.
+    /// Peak resident memory of the process during the memory-probe run.
     public var peakResidentBytes: Double
-    /// Resident memory beyond the inputs and outputs at the peak.
-    public var extraBytes: Double
+    /// Resident memory the method adds beyond its inputs and its output, at its peak (one run,
+    /// measured with ``MemoryProbe``); nil where the peak cannot be measured (not Linux).
+    public var extraBytes: Double?
     /// Relative Frobenius error of the checked rows against the Float64 reference.
     public var checkError: Double
     /// For approximate methods: relative Frobenius error of the whole output against exact
@@ -75,10 +76,16 @@ public struct AttentionBench {
         errorVsFlash = relativeError(first.output, exact.output.scalars.map(Double.init))
       }
 
-      let inputBytes = Double(d.queries.count + d.keys.count + d.values.count) * 4
+      // Memory: one probed run (threads and code are warm after the check above). The probe
+      // trims the heap first, so pages freed by earlier runs cannot hide this run's allocations;
+      // the growth minus the output this run returns is the method's extra memory.
       let outputBytes = Double(problem.outputShape.reduce(1, *)) * 4
-      MachineInfo.resetPeakResident()
-      let base = Double(MachineInfo.residentBytes())
+      let probe = MemoryProbe.start()
+      let probed = try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+      let growth = probe.map { Double($0.peakGrowth()) }
+      let peak = Double(MachineInfo.peakResidentBytes())
+      blackHole(probed.output)
+
       var failure: SubqError? = nil
       let timing = Timing.measure(repeats: config.repeats, warmup: 0) {
         do {
@@ -87,12 +94,10 @@ public struct AttentionBench {
         } catch { failure = error as? SubqError }
       }
       if let failure { throw failure }
-      let peak = Double(MachineInfo.peakResidentBytes())
-      _ = inputBytes
       let flops = problem.flops
       let row = Row(n: n, medianSeconds: timing.median, minSeconds: timing.min, flops: flops,
                     gflops: flops / timing.median / 1e9, peakResidentBytes: peak,
-                    extraBytes: max(0, peak - base - outputBytes), checkError: checkError, errorVsFlash: errorVsFlash)
+                    extraBytes: growth.map { max(0, $0 - outputBytes) }, checkError: checkError, errorVsFlash: errorVsFlash)
       rows.append(row)
       progress(row)
     }

@@ -26,6 +26,13 @@ public struct ProblemData: Sendable {
     public var head: Int
     public var query: Int
     public var key: Int
+
+    public init(batch: Int, head: Int, query: Int, key: Int) {
+      self.batch = batch
+      self.head = head
+      self.query = query
+      self.key = key
+    }
   }
 
   /// Generates inputs of `kind`.
@@ -35,9 +42,12 @@ public struct ProblemData: Sendable {
   ///   scores about 4 above unrelated keys after the 1/√D scale); each key is a centre plus
   ///   N(0, 0.5²) noise, chosen with a Zipf-like bias so that cluster sizes are heavy-tailed; each
   ///   query is its own centre plus N(0, 0.5²) noise. Values are N(0, 1).
-  /// - `needles`: Gaussian, then for `needleCount` query rows per head a key at a distant position
-  ///   (for causal data, an earlier one) is overwritten with a copy of the query scaled to stand
-  ///   out by about 12 logits.
+  /// - `needles`: Gaussian, then for `needleCount` distinct query rows per head (in the second half
+  ///   of the sequence) a distinct key in the first half of the keys the row sees (with `causal`,
+  ///   only earlier keys, so the data serves causal and non-causal runs alike) is overwritten
+  ///   with a copy of the query scaled so that its score after the 1/√D scale is
+  ///   ln(Nk) + |q|²/(2D) + 5: exact attention then gives the needle about 99% of the row's
+  ///   weight at every length, so the row's output is essentially the needle's value row.
   public static func make(
     kind: DataKind, batch: Int, heads: Int, kvHeads: Int, queries nq: Int, keys nk: Int, dim: Int,
     valueDim: Int? = nil, causal: Bool = false, seed: UInt64, clusters: Int = 64, needleCount: Int = 4
@@ -90,31 +100,40 @@ public struct ProblemData: Sendable {
       }
       return ProblemData(queries: queries, keys: keys, values: values, needles: [])
     case .needles:
-      var q = Tensor.randomNormal(shape: [batch, heads, nq, dim], seed: g.next())
+      let q = Tensor.randomNormal(shape: [batch, heads, nq, dim], seed: g.next())
       var k = Tensor.randomNormal(shape: [batch, kvHeads, nk, dim], seed: g.next())
       var needles: [Needle] = []
       let group = heads / kvHeads
       let off = nk - nq  // bottom-right alignment
-      var used = Set<[Int]>()
+      var usedKeys = Set<[Int]>()
+      let firstRow = nq / 2
       for b in 0..<batch {
         for h in 0..<heads {
-          for t in 0..<min(needleCount, nq) {
-            // Query rows spread over the second half; keys far before them (or anywhere when
-            // not causal).
-            let i = nq / 2 + Int(g.nextUnit() * Double(max(1, nq - nq / 2)))
-            let iRow = min(i, nq - 1)
-            let visibleEnd = causal ? max(1, iRow + off + 1) : nk
-            var j = Int(g.nextUnit() * Double(max(1, visibleEnd / 2)))
-            j = min(max(0, j), nk - 1)
-            guard !used.contains([b, h / group, j]) else { continue }
-            used.insert([b, h / group, j])
-            // Key j becomes a scaled copy of query i: score = s·|q|²/√D ≈ 12 above the rest.
+          var usedRows = Set<Int>()
+          let wanted = min(needleCount, nq - firstRow)
+          var attempts = 0
+          while usedRows.count < wanted && attempts < 50 * max(1, wanted) {
+            attempts += 1
+            // A query row in the second half; its key in the first half of the keys it sees
+            // (only earlier keys when causal), so the pair is at least a quarter of the
+            // sequence apart and a local window cannot cover it.
+            let i = min(nq - 1, firstRow + Int(g.nextUnit() * Double(nq - firstRow)))
+            let visibleEnd = causal ? min(nk, i + off + 1) : nk
+            let j = Int(g.nextUnit() * Double(visibleEnd / 2))
+            guard visibleEnd >= 2, !usedRows.contains(i), !usedKeys.contains([b, h / group, j]) else { continue }
+            usedRows.insert(i)
+            usedKeys.insert([b, h / group, j])
+            // Key j becomes a scaled copy of query i with score (after 1/√D) equal to
+            // m = ln(Nk) + |q|²/(2D) + 5. Against N(0, 1) keys each other score is
+            // N(0, |q|²/D), whose exp has mean exp(|q|²/(2D)); so the needle's softmax weight is
+            // about 1/(1 + Nk·exp(|q|²/(2D))·e^−m) = 1/(1 + e^−5) ≈ 0.993 at every length.
             var norm2: Float = 0
-            for d in 0..<dim { let x = q[b, h, iRow, d]; norm2 += x * x }
-            let s = 12 * Float(Double(dim).squareRoot()) / max(norm2, 1e-6)
-            for d in 0..<dim { k[b, h / group, j, d] = q[b, h, iRow, d] * s }
-            needles.append(Needle(batch: b, head: h, query: iRow, key: j))
-            _ = t
+            for d in 0..<dim { let x = q[b, h, i, d]; norm2 += x * x }
+            norm2 = max(norm2, 1e-6)
+            let margin = Foundation.log(Double(nk)) + Double(norm2) / (2 * Double(dim)) + 5
+            let s = Float(margin * Double(dim).squareRoot()) / norm2
+            for d in 0..<dim { k[b, h / group, j, d] = q[b, h, i, d] * s }
+            needles.append(Needle(batch: b, head: h, query: i, key: j))
           }
         }
       }
