@@ -43,11 +43,13 @@ public struct ProblemData: Sendable {
   ///   N(0, 0.5²) noise, chosen with a Zipf-like bias so that cluster sizes are heavy-tailed; each
   ///   query is its own centre plus N(0, 0.5²) noise. Values are N(0, 1).
   /// - `needles`: Gaussian, then for `needleCount` distinct query rows per head (in the second half
-  ///   of the sequence) a distinct key in the first half of the keys the row sees (with `causal`,
-  ///   only earlier keys, so the data serves causal and non-causal runs alike) is overwritten
-  ///   with a copy of the query scaled so that its score after the 1/√D scale is
-  ///   ln(Nk) + |q|²/(2D) + 5: exact attention then gives the needle about 99% of the row's
-  ///   weight at every length, so the row's output is essentially the needle's value row.
+  ///   of the sequence; at most D/2 needles per key/value head, so fewer per head when heads are
+  ///   grouped) a distinct key in the first half of the keys the row sees (with `causal`, only
+  ///   earlier keys, so the data serves causal and non-causal runs alike) is overwritten with the
+  ///   query, made orthogonal to the other needle queries of its key/value head and scaled so
+  ///   that its score after the 1/√D scale is ln(Nk) + |q|²/(2D) + 5: exact attention then gives
+  ///   the needle about 99% of the row's weight at every length, so the row's output is
+  ///   essentially the needle's value row.
   public static func make(
     kind: DataKind, batch: Int, heads: Int, kvHeads: Int, queries nq: Int, keys nk: Int, dim: Int,
     valueDim: Int? = nil, causal: Bool = false, seed: UInt64, clusters: Int = 64, needleCount: Int = 4
@@ -107,12 +109,14 @@ public struct ProblemData: Sendable {
       let off = nk - nq  // bottom-right alignment
       var usedKeys = Set<[Int]>()
       let firstRow = nq / 2
+      // At most D/2 needles per key/value head, so each needle key can be made orthogonal to the
+      // other needle queries of its head (below) and keep a good part of its own query.
+      let perHead = min(needleCount, nq - firstRow, max(0, dim / 2 / group))
       for b in 0..<batch {
         for h in 0..<heads {
           var usedRows = Set<Int>()
-          let wanted = min(needleCount, nq - firstRow)
           var attempts = 0
-          while usedRows.count < wanted && attempts < 50 * max(1, wanted) {
+          while usedRows.count < perHead && attempts < 50 * max(1, perHead) {
             attempts += 1
             // A query row in the second half; its key in the first half of the keys it sees
             // (only earlier keys when causal), so the pair is at least a quarter of the
@@ -123,17 +127,44 @@ public struct ProblemData: Sendable {
             guard visibleEnd >= 2, !usedRows.contains(i), !usedKeys.contains([b, h / group, j]) else { continue }
             usedRows.insert(i)
             usedKeys.insert([b, h / group, j])
-            // Key j becomes a scaled copy of query i with score (after 1/√D) equal to
-            // m = ln(Nk) + |q|²/(2D) + 5. Against N(0, 1) keys each other score is
-            // N(0, |q|²/D), whose exp has mean exp(|q|²/(2D)); so the needle's softmax weight is
-            // about 1/(1 + Nk·exp(|q|²/(2D))·e^−m) = 1/(1 + e^−5) ≈ 0.993 at every length.
-            var norm2: Float = 0
-            for d in 0..<dim { let x = q[b, h, i, d]; norm2 += x * x }
-            norm2 = max(norm2, 1e-6)
-            let margin = Foundation.log(Double(nk)) + Double(norm2) / (2 * Double(dim)) + 5
-            let s = Float(margin * Double(dim).squareRoot()) / norm2
-            for d in 0..<dim { k[b, h / group, j, d] = q[b, h, i, d] * s }
             needles.append(Needle(batch: b, head: h, query: i, key: j))
+          }
+        }
+      }
+      // Plant the keys. Key j becomes r·s, where r is query i with the directions of the other
+      // needle queries of the same key/value head projected out: so no needle key scores against
+      // another needle's query (a large-norm key would otherwise be a strong distractor for it).
+      // s sets the needle's score after the 1/√D scale to m = ln(Nk) + |q|²/(2D) + 5: against
+      // N(0, 1) keys each other score is N(0, |q|²/D), whose exp has mean exp(|q|²/(2D)), so the
+      // needle's softmax weight is about 1/(1 + Nk·exp(|q|²/(2D))·e^−m) = 1/(1 + e^−5) ≈ 0.993
+      // at every length.
+      func row(_ n: Needle) -> [Double] { (0..<dim).map { Double(q[n.batch, n.head, n.query, $0]) } }
+      for b in 0..<batch {
+        for kvh in 0..<kvHeads {
+          let mine = needles.filter { $0.batch == b && $0.head / group == kvh }
+          let vectors = mine.map(row)
+          for (a, n) in mine.enumerated() {
+            // Orthonormal basis of the other needle queries (modified Gram–Schmidt).
+            var basis: [[Double]] = []
+            for (c, v) in vectors.enumerated() where c != a {
+              var u = v
+              for e in basis {
+                let p = zip(u, e).reduce(0) { $0 + $1.0 * $1.1 }
+                for d in 0..<dim { u[d] -= p * e[d] }
+              }
+              let norm = u.reduce(0) { $0 + $1 * $1 }.squareRoot()
+              if norm > 1e-9 { basis.append(u.map { $0 / norm }) }
+            }
+            var r = vectors[a]
+            for e in basis {
+              let p = zip(r, e).reduce(0) { $0 + $1.0 * $1.1 }
+              for d in 0..<dim { r[d] -= p * e[d] }
+            }
+            let q2 = max(vectors[a].reduce(0) { $0 + $1 * $1 }, 1e-12)
+            let r2 = max(r.reduce(0) { $0 + $1 * $1 }, 1e-12)
+            let margin = Foundation.log(Double(nk)) + q2 / (2 * Double(dim)) + 5
+            let s = margin * Double(dim).squareRoot() / r2
+            for d in 0..<dim { k[b, kvh, n.key, d] = Float(r[d] * s) }
           }
         }
       }

@@ -55,6 +55,16 @@ import Testing
     // One started and one finished event per step, numbered 1...total.
     let finished = events.compactMap { if case .finished(let s, _) = $0 { return s.index } else { return nil } }
     #expect(finished == Array(1...(8 * 6 + 2)))
+    for x in r.results where x.status != .notApplicable {
+      // Speedup is the baseline's median over the method's, on the same problem; the median
+      // leaves out the first (probed) run only when there are at least 3.
+      let flash = try result(r, "flash", x.problem)
+      let median = try #require(x.medianSeconds)
+      #expect(abs(x.speedup! - flash.medianSeconds! / median) <= 1e-12 * x.speedup!, "\(x.method) on \(x.problem)")
+      let sorted = x.samples.sorted()
+      #expect(x.samples.count < 3 ? median == (sorted.count == 1 ? sorted[0] : (sorted[0] + sorted[1]) / 2) : true)
+      #expect(x.minSeconds! >= sorted[0] && median >= x.minSeconds!)
+    }
     for p in r.problems {
       #expect(p.baselineCheckError.map { $0 <= 1e-5 } == true, "\(p.id): flash vs Float64 \(String(describing: p.baselineCheckError)) seed \(seed)")
       #expect(p.mass90Fraction > 0 && p.mass90Fraction <= 1)
