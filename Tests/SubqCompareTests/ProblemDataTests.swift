@@ -28,6 +28,19 @@ struct ProblemDataTests {
     #expect(d.needles.count == 2 * 4 * 5, "seed \(seed)")
     #expect(Set(d.needles.map { [$0.batch, $0.head, $0.query] }).count == d.needles.count, "query rows repeat, seed \(seed)")
     #expect(Set(d.needles.map { [$0.batch, $0.head / 2, $0.key] }).count == d.needles.count, "keys repeat, seed \(seed)")
+    // No needle key scores against another needle's query of the same key/value head.
+    for n in d.needles {
+      for m in d.needles where m.batch == n.batch && m.head / 2 == n.head / 2 && m.key != n.key {
+        var dot = 0.0, qq = 0.0, kk = 0.0
+        for c in 0..<24 {
+          let a = Double(d.queries[m.batch, m.head, m.query, c]), b = Double(d.keys[n.batch, n.head / 2, n.key, c])
+          dot += a * b
+          qq += a * a
+          kk += b * b
+        }
+        #expect(abs(dot) / (qq * kk).squareRoot() <= 1e-5, "needle key \(n.key) against query \(m), seed \(seed)")
+      }
+    }
     for n in d.needles {
       #expect(n.query >= nq / 2 && n.query < nq)
       let visibleEnd = causal ? min(nk, n.query + nk - nq + 1) : nk
