@@ -38,10 +38,16 @@ public struct ProblemData: Sendable {
   /// Generates inputs of `kind`.
   ///
   /// - `gaussian`: N(0, 1) entries.
-  /// - `structured`: `clusters` centres per key/value head with norm 2·D^¼ (so a query at a centre
-  ///   scores about 4 above unrelated keys after the 1/√D scale); each key is a centre plus
-  ///   N(0, 0.5²) noise, chosen with a Zipf-like bias so that cluster sizes are heavy-tailed; each
-  ///   query is its own centre plus N(0, 0.5²) noise. Values are N(0, 1).
+  /// - `structured`: attention shaped like a trained model's: concentrated on few keys, different
+  ///   for each query, with a local part and an attention sink. Per key/value head, keys are
+  ///   `(A·√D·c + ε)·a + G·h(j)`: a cluster centre c (unit vector; max(`clusters`, Nk/64) of them,
+  ///   sizes Zipf-distributed), N(0, 1) noise ε, a log-normal norm a = exp(0.3·z), and a context
+  ///   vector h(j) that drifts with position (AR(1), correlation length 32), so nearby positions
+  ///   score higher. Queries are `A·√D·c + ε + G·h(i) + √D·u` for their own Zipf-chosen centre.
+  ///   Key 0 is an attention sink: u·(ln Nk + 2), scoring about ln(Nk) + 2 for every query. Heads
+  ///   range from local (A = 0.35, G = 1) to retrieval (A = 0.6, G = 0.55). Values are N(0, 1).
+  ///   At D = 64, about 1–5% of the visible keys hold 90% of a row's weight at 1K–16K (Gaussian
+  ///   data: about 60%), the top 1% of keys about 90% of it, and the sink 5–30% of it.
   /// - `needles`: Gaussian, then for `needleCount` distinct query rows per head (in the second half
   ///   of the sequence; at most D/2 needles per key/value head, so fewer per head when heads are
   ///   grouped) a distinct key in the first half of the keys the row sees (with `causal`, only
@@ -63,42 +69,75 @@ public struct ProblemData: Sendable {
         queries: Tensor.randomNormal(shape: [batch, heads, nq, dim], seed: g.next()),
         keys: Tensor.randomNormal(shape: [batch, kvHeads, nk, dim], seed: g.next()), values: values, needles: [])
     case .structured:
-      let radius = 2 * Foundation.pow(Double(dim), 0.25)
-      var centres = [Float](repeating: 0, count: batch * kvHeads * clusters * dim)
-      for c in 0..<(batch * kvHeads * clusters) {
-        var v = (0..<dim).map { _ in g.nextNormal() }
-        let n = v.reduce(0) { $0 + $1 * $1 }.squareRoot()
-        v = v.map { $0 / n * radius }
-        for d in 0..<dim { centres[c * dim + d] = Float(v[d]) }
-      }
-      // Zipf-like cluster choice: P(c) ∝ 1/(c+1).
-      let weights = (0..<clusters).map { 1.0 / Double($0 + 1) }
-      let total = weights.reduce(0, +)
+      // Per key/value head g, with t = (g + ½)/Hkv running from local to retrieval heads:
+      // content strength A = 0.35 + 0.25·t and locality strength G = 1 − 0.45·t.
+      let C = max(clusters, nk / 64)
+      let rootD = Double(dim).squareRoot()
+      var gq = SeededGenerator(seed: g.next())
+      var gk = SeededGenerator(seed: g.next())
+      var queries = Tensor(shape: [batch, heads, nq, dim], repeating: 0)
+      var keys = Tensor(shape: [batch, kvHeads, nk, dim], repeating: 0)
+      let group = heads / kvHeads
+      // Zipf cluster choice: P(c) ∝ 1/(c+1).
       var cdf: [Double] = []
       var acc = 0.0
-      for w in weights { acc += w / total; cdf.append(acc) }
+      let total = (0..<C).reduce(0.0) { $0 + 1 / Double($1 + 1) }
+      for c in 0..<C { acc += 1 / Double(c + 1) / total; cdf.append(acc) }
       func pick(_ g: inout SeededGenerator) -> Int {
         let u = g.nextUnit()
-        var lo = 0, hi = clusters - 1
+        var lo = 0, hi = C - 1
         while lo < hi { let mid = (lo + hi) / 2; if cdf[mid] < u { lo = mid + 1 } else { hi = mid } }
         return lo
       }
-      var gk = SeededGenerator(seed: g.next())
-      let keys = Tensor(shape: [batch, kvHeads, nk, dim]) { p in
-        for b in 0..<batch { for h in 0..<kvHeads { for j in 0..<nk {
-          let c = ((b * kvHeads + h) * clusters + pick(&gk)) * dim
-          let o = ((b * kvHeads + h) * nk + j) * dim
-          for d in 0..<dim { p[o + d] = centres[c + d] + Float(0.5 * gk.nextNormal()) }
-        } } }
+      func unit(_ g: inout SeededGenerator) -> [Double] {
+        let v = (0..<dim).map { _ in g.nextNormal() }
+        let n = max(v.reduce(0) { $0 + $1 * $1 }.squareRoot(), 1e-12)
+        return v.map { $0 / n }
       }
-      var gq = SeededGenerator(seed: g.next())
-      let group = heads / kvHeads
-      let queries = Tensor(shape: [batch, heads, nq, dim]) { p in
-        for b in 0..<batch { for h in 0..<heads { for i in 0..<nq {
-          let c = ((b * kvHeads + h / group) * clusters + pick(&gq)) * dim
-          let o = ((b * heads + h) * nq + i) * dim
-          for d in 0..<dim { p[o + d] = centres[c + d] + Float(0.5 * gq.nextNormal()) }
-        } } }
+      let rho = 1 - 1 / 32.0  // context correlation length: 32 positions
+      let off = nk - nq
+      keys.withUnsafeMutableBufferPointer { kp in
+        queries.withUnsafeMutableBufferPointer { qp in
+          for b in 0..<batch {
+            for kvh in 0..<kvHeads {
+              let t = (Double(kvh) + 0.5) / Double(kvHeads)
+              let A = 0.35 + 0.25 * t, G = 1 - 0.45 * t
+              let centres = (0..<C).map { _ in unit(&gk) }
+              let sink = unit(&gk)
+              // The context vector h(p): AR(1) over key positions, N(0, 1) per entry.
+              var h = [Double](repeating: 0, count: nk * dim)
+              for d in 0..<dim { h[d] = gk.nextNormal() }
+              let innovation = (1 - rho * rho).squareRoot()
+              for p in 1..<max(nk, 1) {
+                for d in 0..<dim { h[p * dim + d] = rho * h[(p - 1) * dim + d] + innovation * gk.nextNormal() }
+              }
+              for j in 0..<nk {
+                let o = ((b * kvHeads + kvh) * nk + j) * dim
+                if j == 0 {
+                  // The sink: every query scores about ln(Nk) + 2 on it.
+                  let score = Foundation.log(Double(nk)) + 2
+                  for d in 0..<dim { kp[o + d] = Float(sink[d] * score) }
+                  continue
+                }
+                let c = centres[pick(&gk)]
+                let a = Foundation.exp(0.3 * gk.nextNormal())
+                for d in 0..<dim {
+                  kp[o + d] = Float((A * rootD * c[d] + gk.nextNormal()) * a + G * h[j * dim + d])
+                }
+              }
+              for hq in (kvh * group)..<((kvh + 1) * group) {
+                for i in 0..<nq {
+                  let pos = min(max(i + off, 0), nk - 1)
+                  let c = centres[pick(&gq)]
+                  let o = ((b * heads + hq) * nq + i) * dim
+                  for d in 0..<dim {
+                    qp[o + d] = Float(A * rootD * c[d] + gq.nextNormal() + G * h[pos * dim + d] + rootD * sink[d])
+                  }
+                }
+              }
+            }
+          }
+        }
       }
       return ProblemData(queries: queries, keys: keys, values: values, needles: [])
     case .needles:

@@ -72,4 +72,25 @@ struct ProblemDataTests {
       #expect(w >= 0.98, "needle \(n) has weight \(w) at N = 8192, seed \(seed)")
     }
   }
+
+  /// `structured` promises attention shaped like a trained model's: 90% of a row's weight on a
+  /// few percent of the keys (Gaussian data spreads it over about 60%), and a sink at position 0.
+  @Test func structuredAttentionIsConcentratedWithASink() throws {
+    let seed = testSeed()
+    func rows(_ kind: DataKind) throws -> ExactRows {
+      let d = ProblemData.make(kind: kind, batch: 1, heads: 4, kvHeads: 2, queries: 1024, keys: 1024, dim: 64, seed: seed)
+      let p = try AttentionProblem.validate(op: "test", queries: d.queries, keys: d.keys, values: d.values, options: AttentionOptions(causal: true))
+      let sample = CompareMetrics.sampleRows(count: 64, batch: 1, heads: 4, length: 1024, seed: seed)
+      return ExactRows(problem: p, queries: d.queries, keys: d.keys, values: d.values, rows: sample, k: 3)
+    }
+    func medianFraction(_ e: ExactRows) -> Double {
+      let f = zip(e.mass90Keys, e.visibleCounts).map { Double($0) / Double($1) }.sorted()
+      return f[f.count / 2]
+    }
+    let structured = try rows(.structured), gaussian = try rows(.gaussian)
+    #expect(medianFraction(structured) <= 0.10, "structured: \(medianFraction(structured)), seed \(seed)")
+    #expect(medianFraction(gaussian) >= 0.4, "gaussian: \(medianFraction(gaussian)), seed \(seed)")
+    let sinkRows = structured.topKeys.filter { $0.contains(0) }.count
+    #expect(sinkRows >= structured.rows.count / 2, "key 0 is among the top 3 of only \(sinkRows) rows, seed \(seed)")
+  }
 }
