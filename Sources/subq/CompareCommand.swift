@@ -17,7 +17,7 @@ struct CompareCommand: ParsableCommand {
       (methods that select keys) and needle recall (needles data). Methods that cannot run a problem show n/a \
       with the reason. Speed-only mixers (linear attention, scans) get their own table. The default suite \
       (1K, 4K, 16K; gaussian, structured, needles; non-causal and causal) takes a few minutes on 2 cores. \
-      Ctrl-C stops at once and still writes what finished (exit status 130; a second Ctrl-C is not needed). \
+      Ctrl-C stops at once, prints and writes what finished, and exits with status 130. \
       See docs/compare.md and docs/compare-schema.md.
       """)
 
@@ -30,7 +30,7 @@ struct CompareCommand: ParsableCommand {
   @Option(help: "Sequence lengths, comma-separated (K = 1024; default 1K,4K,16K). With --data: prefix lengths of the files.")
   var lengths: String?
 
-  @Flag(help: "Add 64K and 128K to the lengths (about an hour on 2 cores).")
+  @Flag(help: "Add 64K and 128K to the lengths (flash alone then takes about 40 minutes on 2 cores).")
   var full = false
 
   @Option(help: "Built-in data kinds, comma-separated: gaussian, structured, needles (default: all three).")

@@ -142,6 +142,7 @@ import Testing
       (["--top-k", "0"], "--top-k"),
       (["--data", "/nonexistent-dir"], "no such directory"),
       (["--data", "/tmp", "--heads", "4"], "--heads"),
+      (["--data", "/tmp", "--full"], "--full"),
       (["--layout", "bshd"], "--data only"),
       (["--mixers", "mamba"], "mixers"),
       (["--json", "/nonexistent-dir/r.json"], "no such directory"),

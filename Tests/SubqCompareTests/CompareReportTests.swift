@@ -57,15 +57,22 @@ struct SchemaV1: Decodable {
                   "speedupVsFlash", "gflops", "extraBytes"],
   ]
 
-  /// Checks `data` against the schema; returns the decoded report.
-  static func check(_ data: Data) throws -> SchemaV1 {
-    let decoded = try JSONDecoder().decode(SchemaV1.self, from: data)
-    #expect(decoded.schema == "subq.compare/1")
-    #expect(["complete", "interrupted"].contains(decoded.status))
-    let top = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+  /// Checks `data` against the schema: the problems found (empty when it conforms) and the
+  /// decoded report.
+  static func check(_ data: Data) -> (problems: [String], report: SchemaV1?) {
+    var problems: [String] = []
+    let decoded: SchemaV1
+    do {
+      decoded = try JSONDecoder().decode(SchemaV1.self, from: data)
+    } catch {
+      return (["does not decode: \(error)"], nil)
+    }
+    if decoded.schema != "subq.compare/1" { problems.append("schema is \(decoded.schema)") }
+    if !["complete", "interrupted"].contains(decoded.status) { problems.append("status is \(decoded.status)") }
+    guard let top = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else { return (["not an object"], decoded) }
     func keys(_ o: Any?, _ kind: String) {
-      guard let d = o as? [String: Any] else { Issue.record("\(kind) is not an object"); return }
-      for k in requiredKeys[kind]! where d.index(forKey: k) == nil { Issue.record("\(kind) lacks required key \(k)") }
+      guard let d = o as? [String: Any] else { problems.append("\(kind) is not an object"); return }
+      for k in requiredKeys[kind]! where d.index(forKey: k) == nil { problems.append("\(kind) lacks required key \(k)") }
     }
     keys(top, "top")
     keys(top["suite"], "suite")
@@ -73,14 +80,14 @@ struct SchemaV1: Decodable {
     for r in top["results"] as? [Any] ?? [] { keys(r, "result") }
     for s in top["speedOnly"] as? [Any] ?? [] { keys(s, "speedOnly") }
     let ids = Set(decoded.problems.map(\.id))
-    #expect(ids.count == decoded.problems.count, "problem ids repeat")
+    if ids.count != decoded.problems.count { problems.append("problem ids repeat") }
     for r in decoded.results {
-      #expect(ids.contains(r.problem), "result for unknown problem \(r.problem)")
-      #expect(["ok", "n/a", "invalid"].contains(r.status))
+      if !ids.contains(r.problem) { problems.append("result for unknown problem \(r.problem)") }
+      if !["ok", "n/a", "invalid"].contains(r.status) { problems.append("result status \(r.status)") }
       // n/a results have no timings; ok and invalid ones do.
-      #expect((r.status == "n/a") == (r.medianSeconds == nil))
+      if (r.status == "n/a") != (r.medianSeconds == nil) { problems.append("\(r.method) on \(r.problem): status \(r.status) with median \(String(describing: r.medianSeconds))") }
     }
-    return decoded
+    return (problems, decoded)
   }
 }
 
@@ -89,7 +96,9 @@ struct SchemaV1: Decodable {
 
   @Test func jsonFollowsTheDocumentedSchema() throws {
     let data = try report.jsonData()
-    let s = try SchemaV1.check(data)
+    let (problems, decoded) = SchemaV1.check(data)
+    #expect(problems.isEmpty, "\(problems)")
+    let s = try #require(decoded)
     #expect(s.results.count == report.results.count)
     #expect(s.speedOnly.count == 2)
     #expect(s.suite.kinds == ["gaussian", "needles"])
@@ -99,16 +108,14 @@ struct SchemaV1: Decodable {
   }
 
   @Test func schemaCheckCatchesMissingKeys() throws {
-    // The check itself must fail on a report without a required key.
+    // The check itself must fail on a report without a required key, or with a wrong type.
     var obj = try #require(try JSONSerialization.jsonObject(with: report.jsonData()) as? [String: Any])
     var results = obj["results"] as! [[String: Any]]
     results[0].removeValue(forKey: "reason")
     obj["results"] = results
-    let data = try JSONSerialization.data(withJSONObject: obj)
-    // withKnownIssue fails the test unless the check records an issue.
-    withKnownIssue("a result without its reason key") {
-      _ = try SchemaV1.check(data)
-    }
+    #expect(SchemaV1.check(try JSONSerialization.data(withJSONObject: obj)).problems == ["result lacks required key reason"])
+    obj["schema"] = 1
+    #expect(SchemaV1.check(try JSONSerialization.data(withJSONObject: obj)).report == nil)
   }
 
   @Test func csvHasOneRowPerMeasurement() throws {
