@@ -179,7 +179,8 @@ public struct SVGPlot: Sendable {
       s += "<g class=\"front\" clip-path=\"url(#\(clip))\"><polyline points=\"\(pts)\" fill=\"none\" stroke=\"#333333\" stroke-width=\"1.5\" stroke-dasharray=\"2 3\"/></g>\n"
     }
 
-    // Series. A label is left out where it would sit on one already drawn.
+    // Series. Markers of one series that coincide share one label ("1K, 4K"); a label that would
+    // sit on one already drawn is left out.
     var labelled: [(Double, Double)] = []
     for ser in series {
       s += "<g class=\"series\" data-name=\"\(xmlEscape(ser.name))\" data-points=\"\(ser.points.count)\" stroke=\"\(ser.color)\" fill=\"\(ser.color)\">\n"
@@ -187,14 +188,21 @@ public struct SVGPlot: Sendable {
       if ser.connect && pts.count >= 2 {
         s += "<polyline points=\"\(pts.map { "\(f(px($0.x))),\(f(py($0.y)))" }.joined(separator: " "))\" fill=\"none\" stroke-width=\"2\"/>\n"
       }
+      var groups: [(at: (Double, Double), labels: [String])] = []
       for p in pts {
         let fill = p.hollow ? "#ffffff" : ser.color
         s += "<circle cx=\"\(f(px(p.x)))\" cy=\"\(f(py(p.y)))\" r=\"4\" fill=\"\(fill)\" stroke-width=\"1.5\"><title>\(xmlEscape(ser.name)): \(xmlEscape(p.label ?? ""))</title></circle>\n"
+        guard let l = p.label else { continue }
         let at = (px(p.x), py(p.y))
-        if let l = p.label, !labelled.contains(where: { abs($0.0 - at.0) < 10 && abs($0.1 - at.1) < 10 }) {
-          labelled.append(at)
-          s += "<text x=\"\(f(px(p.x) + 6))\" y=\"\(f(py(p.y) - 6))\" font-size=\"10\" stroke=\"none\">\(xmlEscape(l))</text>\n"
+        if let g = groups.firstIndex(where: { abs($0.at.0 - at.0) < 10 && abs($0.at.1 - at.1) < 10 }) {
+          groups[g].labels.append(l)
+        } else {
+          groups.append((at, [l]))
         }
+      }
+      for g in groups where !labelled.contains(where: { abs($0.0 - g.at.0) < 10 && abs($0.1 - g.at.1) < 10 }) {
+        labelled.append(g.at)
+        s += "<text x=\"\(f(g.at.0 + 6))\" y=\"\(f(g.at.1 - 6))\" font-size=\"10\" stroke=\"none\">\(xmlEscape(g.labels.joined(separator: ", ")))</text>\n"
       }
       s += "</g>\n"
     }
