@@ -154,5 +154,8 @@ let package = Package(
         /// `Communicator` over MPI, and the MPI process lifetime.
         .target(name: "SubqMPI", dependencies: ["CMPI", "SubqRing", "SubqCore"], swiftSettings: compute),
       ] : []),
+    /// `subq compare`: metrics, runner, report schema, SVG and HTML.
+    .testTarget(name: "SubqCompareTests", dependencies: ["SubqBench", "SubqTestSupport"], swiftSettings: compute),
+  ],
   swiftLanguageModes: [.v6]
 )

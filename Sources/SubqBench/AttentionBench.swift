@@ -29,14 +29,11 @@ public struct AttentionBench {
     /// FLOPs of exact attention on the visible pairs (4·B·Hq·N²·D non-causal, about half causal).
     public var flops: Double
     public var gflops: Double
-    /// Peak resident memory of the process during one measured call.
+    /// Peak resident memory of the process during the memory-probe run.
     public var peakResidentBytes: Double
-    /// Resident memory the call needed beyond its inputs and output (peak RSS − RSS before −
-    /// output size, after returning freed heap memory to the OS).
-    public var extraBytes: Double
-    /// Bytes of tensors and aligned workspace the call held at its peak beyond its inputs and
-    /// output (``MemoryTracker``; misses plain Swift arrays).
-    public var trackedExtraBytes: Double
+    /// Resident memory the method adds beyond its inputs and its output, at its peak (one run,
+    /// measured with ``MemoryProbe``); nil where the peak cannot be measured (not Linux).
+    public var extraBytes: Double?
     /// Relative Frobenius error of the checked rows against the Float64 reference.
     public var checkError: Double
     /// For approximate methods: relative Frobenius error of the whole output against exact
@@ -79,21 +76,15 @@ public struct AttentionBench {
         errorVsFlash = relativeError(first.output, exact.output.scalars.map(Double.init))
       }
 
-      // Memory: one dedicated run, with freed heap memory returned to the OS and the peak
-      // counters reset, so the figure is what this call needs beyond its inputs and output.
+      // Memory: one probed run (threads and code are warm after the check above). The probe
+      // trims the heap first, so pages freed by earlier runs cannot hide this run's allocations;
+      // the growth minus the output this run returns is the method's extra memory.
       let outputBytes = Double(problem.outputShape.reduce(1, *)) * 4
-      MachineInfo.trimHeap()
-      MachineInfo.resetPeakResident()
-      MemoryTracker.resetPeak()
-      let rssBefore = Double(MachineInfo.residentBytes())
-      let liveBefore = Double(MemoryTracker.liveBytes)
-      do {
-        let r = try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
-        blackHole(r.output)
-      }
+      let probe = MemoryProbe.start()
+      let probed = try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+      let growth = probe.map { Double($0.peakGrowth()) }
       let peak = Double(MachineInfo.peakResidentBytes())
-      let trackedExtra = max(0, Double(MemoryTracker.peakBytes) - liveBefore - outputBytes)
-      let residentExtra = max(0, peak - rssBefore - outputBytes)
+      blackHole(probed.output)
 
       var failure: SubqError? = nil
       let timing = Timing.measure(repeats: config.repeats, warmup: 0) {
@@ -106,8 +97,7 @@ public struct AttentionBench {
       let flops = problem.flops
       let row = Row(n: n, medianSeconds: timing.median, minSeconds: timing.min, flops: flops,
                     gflops: flops / timing.median / 1e9, peakResidentBytes: peak,
-                    extraBytes: residentExtra, trackedExtraBytes: trackedExtra,
-                    checkError: checkError, errorVsFlash: errorVsFlash)
+                    extraBytes: growth.map { max(0, $0 - outputBytes) }, checkError: checkError, errorVsFlash: errorVsFlash)
       rows.append(row)
       progress(row)
     }

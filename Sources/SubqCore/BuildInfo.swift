@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// How this copy of Subquadratic was built, for benchmark reports.
 public enum BuildInfo {
@@ -114,18 +111,6 @@ public enum MachineInfo {
           let line = s.split(separator: "\n").first(where: { $0.hasPrefix(key) }) else { return 0 }
     let kb = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
     return kb * 1024
-  }
-
-  /// Returns freed heap memory to the operating system (glibc `malloc_trim`), so that a
-  /// following peak-resident measurement is not flattered by memory malloc kept for reuse.
-  public static func trimHeap() {
-    #if canImport(Glibc)
-    // malloc.h is not part of the Glibc module; look the symbol up at run time.
-    typealias Trim = @convention(c) (Int) -> Int32
-    if let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") {
-      _ = unsafeBitCast(sym, to: Trim.self)(0)
-    }
-    #endif
   }
 
   /// Resets the peak resident set size to the current value (Linux ≥ 4.0: writing 5 to

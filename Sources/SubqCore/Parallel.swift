@@ -56,13 +56,9 @@ public struct AlignedBuffer<Element: BitwiseCopyable>: ~Copyable, @unchecked Sen
     let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
     raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
     pointer = raw.bindMemory(to: Element.self, capacity: Swift.max(count, 1))
-    MemoryTracker.allocated(bytes)
   }
 
-  deinit {
-    MemoryTracker.freed(Swift.max(count, 1) * MemoryLayout<Element>.stride)
-    UnsafeMutableRawPointer(pointer).deallocate()
-  }
+  deinit { UnsafeMutableRawPointer(pointer).deallocate() }
 }
 
 /// A raw pointer that may cross into `@Sendable` closures. The code that creates it promises that

@@ -167,7 +167,6 @@ final class TensorStorage: @unchecked Sendable {
     self.count = count
     let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)
     pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
-    MemoryTracker.allocated(max(count, 1) * MemoryLayout<Float>.stride)
   }
 
   @usableFromInline func copy() -> TensorStorage {
@@ -176,8 +175,5 @@ final class TensorStorage: @unchecked Sendable {
     return c
   }
 
-  deinit {
-    MemoryTracker.freed(max(count, 1) * MemoryLayout<Float>.stride)
-    UnsafeMutableRawPointer(pointer).deallocate()
-  }
+  deinit { UnsafeMutableRawPointer(pointer).deallocate() }
 }

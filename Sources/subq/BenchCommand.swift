@@ -73,7 +73,7 @@ struct BenchCommand: ParsableCommand {
                           rightAligned: Set(0..<8))
     for r in rows {
       table.add([String(r.n), formatSeconds(r.medianSeconds), formatSeconds(r.minSeconds), String(format: "%.1f", r.gflops),
-                 formatBytes(r.peakResidentBytes), formatBytes(r.extraBytes), String(format: "%.1e", r.checkError)]
+                 formatBytes(r.peakResidentBytes), r.extraBytes.map(formatBytes) ?? "—", String(format: "%.1e", r.checkError)]
                 + (approx ? [r.errorVsFlash.map { String(format: "%.2e", $0) } ?? "—"] : []))
     }
     print(table.render())

@@ -13,6 +13,7 @@ struct Subq: ParsableCommand {
     abstract: "Fast attention and sequence mixers for long sequences, on CPUs.",
     version: BuildInfo.version,
     subcommands: [
+      CompareCommand.self,
       AttentionCommand.self,
       BenchCommand.self,
       PeakCommand.self,
