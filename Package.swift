@@ -144,6 +144,8 @@ let package = Package(
     .testTarget(name: "SubqStateSpaceTests", dependencies: ["SubqStateSpace", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqCLITests", dependencies: ["subq", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqRingTests", dependencies: ["SubqRing", "subq", "SubqTestSupport"], swiftSettings: compute + mpiDefine),
+    /// `subq compare`: metrics, runner, report schema, SVG and HTML.
+    .testTarget(name: "SubqCompareTests", dependencies: ["SubqBench", "SubqTestSupport"], swiftSettings: compute),
   ]
     + (useMPI
       ? [
@@ -154,8 +156,5 @@ let package = Package(
         /// `Communicator` over MPI, and the MPI process lifetime.
         .target(name: "SubqMPI", dependencies: ["CMPI", "SubqRing", "SubqCore"], swiftSettings: compute),
       ] : []),
-    /// `subq compare`: metrics, runner, report schema, SVG and HTML.
-    .testTarget(name: "SubqCompareTests", dependencies: ["SubqBench", "SubqTestSupport"], swiftSettings: compute),
-  ],
   swiftLanguageModes: [.v6]
 )

@@ -40,12 +40,10 @@ public struct SpeedOnlyWorkload: Sendable {
   }
 }
 
-/// Every speed-only mixer `subq compare` times by default.
-///
-/// Empty in this build: the linear mixers (SubqLinear) and state-space scans (SubqStateSpace) are
-/// added here by adapters conforming to ``SpeedOnlyMixer`` once those modules are merged.
+/// Every speed-only mixer `subq compare` times by default: the linear mixers (SubqLinear) and
+/// state-space scans (SubqStateSpace), through the adapters in SpeedOnlyMixers+Families.swift.
 public enum SpeedOnlyMixers {
-  public static let all: [any SpeedOnlyMixer] = []
+  public static let all: [any SpeedOnlyMixer] = families
 
   /// The mixer registered under `name`.
   public static func named(_ name: String) -> (any SpeedOnlyMixer)? { all.first { $0.name == name } }
