@@ -78,8 +78,10 @@ let package = Package(
     // MARK: - Public API
     /// Tensors, errors, threading, random numbers, .npy files.
     .target(name: "SubqCore", swiftSettings: compute),
+    /// Header-only C helpers for what Swift cannot express (a prefetch hint).
+    .target(name: "SubqCShims"),
     /// SIMD microkernels shared by every method (`package` access only).
-    .target(name: "SubqKernels", dependencies: ["SubqCore"], swiftSettings: compute),
+    .target(name: "SubqKernels", dependencies: ["SubqCore", "SubqCShims"], swiftSettings: compute),
     /// Exact attention: the Float64 reference and FlashAttention-2.
     .target(name: "SubqAttention", dependencies: ["SubqCore", "SubqKernels"], swiftSettings: compute),
     /// Decoding: split-KV (Flash-Decoding) attention and the paged KV cache.

@@ -15,6 +15,7 @@ struct Subq: ParsableCommand {
     subcommands: [
       AttentionCommand.self,
       AttentionBackwardCommand.self,
+      DecodeBenchCommand.self,
       BenchCommand.self,
       PeakCommand.self,
       MethodsCommand.self,
