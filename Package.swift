@@ -111,20 +111,24 @@ let package = Package(
     // MARK: - Public API
     /// Tensors, errors, threading, random numbers, .npy files.
     .target(name: "SubqCore", swiftSettings: compute),
+    /// Header-only C helpers for what Swift cannot express (a prefetch hint).
+    .target(name: "SubqCShims"),
     /// SIMD microkernels shared by every method (`package` access only).
-    .target(name: "SubqKernels", dependencies: ["SubqCore"], swiftSettings: compute),
+    .target(name: "SubqKernels", dependencies: ["SubqCore", "SubqCShims"], swiftSettings: compute),
     /// Exact attention: the Float64 reference and FlashAttention-2.
     .target(name: "SubqAttention", dependencies: ["SubqCore", "SubqKernels"], swiftSettings: compute),
     /// Linear-time mixers: linear attention, TransNormer, LinFusion, PoNet, Monarch Mixer; FFT.
     .target(name: "SubqLinear", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
     /// The umbrella module: re-exports every family and holds the method registry.
-    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqRing", "SubqLinear", "SubqStateSpace"], swiftSettings: compute),
+    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqRing", "SubqLinear", "SubqStateSpace", "SubqDecoding"], swiftSettings: compute),
     /// Sequence-parallel exact attention (ring, tokenring, heads) over any `Communicator`; no MPI needed.
     .target(name: "SubqRing", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
     /// The AVX-512 block of the selective scan in C intrinsics (header-only, inlined into Swift).
     .target(name: "SubqScanC"),
     /// State-space scans: Mamba selective scan, Mamba-2 SSD, MambaMixer, Titans memory.
     .target(name: "SubqStateSpace", dependencies: ["SubqCore", "SubqKernels", "SubqAttention", "SubqScanC"], swiftSettings: compute),
+    /// Decoding: split-KV (Flash-Decoding) attention and the paged KV cache.
+    .target(name: "SubqDecoding", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
 
     // MARK: - Tools
     /// Benchmark harness, machine limits and the comparison reports behind `subq`.
@@ -142,6 +146,7 @@ let package = Package(
     .testTarget(name: "SubqAttentionTests", dependencies: ["SubqAttention", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqLinearTests", dependencies: ["SubqLinear", "SubqKernels", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqStateSpaceTests", dependencies: ["SubqStateSpace", "SubqTestSupport"], swiftSettings: compute),
+    .testTarget(name: "SubqDecodingTests", dependencies: ["SubqDecoding", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqCLITests", dependencies: ["subq", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqRingTests", dependencies: ["SubqRing", "subq", "SubqTestSupport"], swiftSettings: compute + mpiDefine),
     /// `subq compare`: metrics, runner, report schema, SVG and HTML.

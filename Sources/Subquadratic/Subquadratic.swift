@@ -4,6 +4,7 @@
 @_exported import SubqRing
 @_exported import SubqLinear
 @_exported import SubqStateSpace
+@_exported import SubqDecoding
 
 /// Every attention method in the library, by name.
 public enum AttentionMethods {
@@ -11,6 +12,7 @@ public enum AttentionMethods {
   public static let all: [any AttentionMethod.Type] = [
     FlashAttention.self,
     NaiveAttention.self,
+    SplitKVAttention.self,
   ]
 
   /// The method type registered under `name`.

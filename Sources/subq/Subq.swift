@@ -15,6 +15,8 @@ struct Subq: ParsableCommand {
     subcommands: [
       CompareCommand.self,
       AttentionCommand.self,
+      AttentionBackwardCommand.self,
+      DecodeBenchCommand.self,
       BenchCommand.self,
       PeakCommand.self,
       MethodsCommand.self,
