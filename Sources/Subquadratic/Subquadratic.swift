@@ -1,6 +1,7 @@
 // Subquadratic: the umbrella module. `import Subquadratic` brings in every method family.
 @_exported import SubqAttention
 @_exported import SubqCore
+@_exported import SubqSparse
 
 /// Every attention method in the library, by name.
 public enum AttentionMethods {
@@ -8,6 +9,7 @@ public enum AttentionMethods {
   public static let all: [any AttentionMethod.Type] = [
     FlashAttention.self,
     NaiveAttention.self,
+    NeighborhoodAttention.self,
   ]
 
   /// The method type registered under `name`.
