@@ -529,12 +529,18 @@ struct NeighborhoodPlan: Sendable {
     let lF = UnsafeMutableRawPointer(lRun).assumingMemoryBound(to: Float.self)
     let mF = UnsafeMutableRawPointer(mRun).assumingMemoryBound(to: Float.self)
     for r in 0..<R {
+      let sums = lRun[r]
+      let inv = Lane(repeating: 1).replacing(with: 0, where: sums .<= 0) / sums.replacing(with: 1, where: sums .<= 0)
+      withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<Float>.self, capacity: Lw) { dp in
+        for l in 0..<real { dp[l] = out + orows.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + l)) }
+        for c in 0..<Dv {
+          let x = ot[r * Dv + c] * inv
+          for l in 0..<real { dp[l][c] = x[l] }
+        }
+      }
       for l in 0..<real {
         let pos = position(s, c0, c1s + r, i0 + l)
         let sum = lF[r * Lw + l]
-        let inv: Float = sum > 0 ? 1 / sum : 0
-        let o = out + orows.offset(batch: b, head: h, row: pos)
-        for c in 0..<Dv { o[c] = otF[(r * Dv + c) * Lw + l] * inv }
         if let lse {
           lse[(b * p.queryHeads + h) * p.queryLength + pos] =
             sum > 0 ? (mF[r * Lw + l] + Float(Foundation.log2(Double(sum)))) * NeighborhoodPlan.ln2 : .infinity

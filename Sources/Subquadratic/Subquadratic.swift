@@ -10,6 +10,8 @@ public enum AttentionMethods {
     FlashAttention.self,
     NaiveAttention.self,
     NeighborhoodAttention.self,
+    SinkAttention.self,
+    CombinerAttention.self,
   ]
 
   /// The method type registered under `name`.
