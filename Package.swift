@@ -100,7 +100,7 @@ let package = Package(
     .testTarget(name: "SubqCoreTests", dependencies: ["SubqCore", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqKernelsTests", dependencies: ["SubqKernels", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqAttentionTests", dependencies: ["SubqAttention", "SubqTestSupport"], swiftSettings: compute),
-    .testTarget(name: "SubqSparseTests", dependencies: ["SubqSparse", "SubqTestSupport"], swiftSettings: compute),
+    .testTarget(name: "SubqSparseTests", dependencies: ["SubqSparse", "SubqTestSupport", "subq"], swiftSettings: compute),
     .testTarget(name: "SubqCLITests", dependencies: ["subq", "SubqTestSupport"], swiftSettings: compute),
   ],
   swiftLanguageModes: [.v6]
