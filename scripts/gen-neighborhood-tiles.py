@@ -6,13 +6,19 @@ relative key offset o, the keys of the same lanes shifted by o: one unaligned ve
 transposed, padded key row gives every lane its own key. The tiles below keep R query vectors
 (R grid rows that share a key row) by W consecutive offsets in registers, so each key load feeds R
 FMAs and each query load feeds W. Swift cannot keep an array of SIMD values in registers, so every
-(R, W) shape is written out: R in 1...3, W in {1, 2, 4}. Run it after changing a tile; the output
+(R, W) shape is written out: R in 1...3, W in 1...8 with R·W ≤ 21 (so R·W accumulators plus R
+query and W key vectors fit AVX-512's 32 registers; the AVX2/NEON driver only uses R ≤ 2, W ≤ 4). Run it after changing a tile; the output
 is committed.
 """
 import pathlib
 
 ROWS = [1, 2, 3]
-WIDTHS = [1, 2, 4]
+WIDTHS = [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def fits(R, W):
+    """Shapes whose accumulators, query and key vectors fit 32 vector registers."""
+    return R * W <= 21 or (R == 1)
 
 
 def qk(R, W):
@@ -78,6 +84,8 @@ def dispatch(kind):
     L.append("    switch (rows, width) {")
     for R in ROWS:
         for W in WIDTHS:
+            if not fits(R, W):
+                continue
             if kind == "qk":
                 qs = ", ".join(f"q + {r} * qStride" for r in range(R))
                 ss = ", ".join(f"s + {r} * sStride" for r in range(R))
@@ -97,6 +105,8 @@ def main():
            "extension NeighborhoodTiles {"]
     for R in ROWS:
         for W in WIDTHS:
+            if not fits(R, W):
+                continue
             out += qk(R, W)
             out.append("")
             out += pv(R, W)

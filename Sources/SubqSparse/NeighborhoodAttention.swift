@@ -172,8 +172,13 @@ public struct NeighborhoodAttention: PatternAttentionMethod {
   }
 
   public func attention(queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions) throws(SubqError) -> AttentionResult {
-    let (p, axes) = try prepare(queries: queries, keys: keys, values: values, options: options)
+    // The kernel reads every element of Q, K and V once anyway, so the finiteness check is fused
+    // into it (same error, raised before returning) instead of a separate pass over the inputs.
+    var relaxed = options
+    relaxed.allowNonFinite = true
+    let (p, axes) = try prepare(queries: queries, keys: keys, values: values, options: relaxed)
     let plan = NeighborhoodPlan(p, axes: axes, bias: relativePositionBias)
+    var nonFinite = false
     var out = Tensor(shape: p.outputShape) { _ in }
     var lse: Tensor? = p.returnLSE ? Tensor(shape: p.lseShape) { _ in } : nil
     queries.withUnsafeBufferPointer { q in
@@ -182,14 +187,18 @@ public struct NeighborhoodAttention: PatternAttentionMethod {
           out.withUnsafeMutableBufferPointer { o in
             if lse != nil {
               lse!.withUnsafeMutableBufferPointer { l in
-                plan.forward(q: q.baseAddress!, k: k.baseAddress!, v: v.baseAddress!, out: o.baseAddress!, lse: l.baseAddress!)
+                nonFinite = plan.forward(q: q.baseAddress!, k: k.baseAddress!, v: v.baseAddress!, out: o.baseAddress!, lse: l.baseAddress!)
               }
             } else {
-              plan.forward(q: q.baseAddress!, k: k.baseAddress!, v: v.baseAddress!, out: o.baseAddress!, lse: nil)
+              nonFinite = plan.forward(q: q.baseAddress!, k: k.baseAddress!, v: v.baseAddress!, out: o.baseAddress!, lse: nil)
             }
           }
         }
       }
+    }
+    if nonFinite && !options.allowNonFinite {
+      // Raises the same error as the up-front check would have.
+      _ = try AttentionProblem.validate(op: Self.op, queries: queries, keys: keys, values: values, options: options)
     }
     return AttentionResult(output: out, lse: lse)
   }
@@ -231,16 +240,20 @@ enum NeighborhoodTiles {}
 struct NeighborhoodSubgrid: Sendable {
   var g0: Int, g1: Int, g2: Int
   var n0: Int, n1: Int, n2: Int
-  /// Offsets of its packed rows in the K and V buffers.
-  var kBase: Int, vBase: Int
 }
 
-/// A tile of work: up to `rowsPerTile` grid rows × one lane vector of one sub-grid.
+/// A unit of work: grid rows `c1Start ..< c1End` of plane `c0` of one sub-grid, for one query head,
+/// processed in bands of `rowsPerTile` rows, each band one lane vector at a time.
 struct NeighborhoodItem: Sendable {
-  var subgrid: Int32, c0: Int32, c1: Int32, i0: Int32
+  var batch: Int32, head: Int32, subgrid: Int32, c0: Int32, c1Start: Int32, c1End: Int32
 }
 
 /// Geometry, packing and the kernel of one neighborhood-attention call.
+///
+/// Each worker keeps the K/V rows its current band needs packed in a small cache of slots
+/// (`kernel₀ × (kernel₁ + rowsPerTile − 1)` rows, indexed by key coordinates modulo those sizes),
+/// so walking the bands of an item in order packs every key row about once and the packed rows stay
+/// in the worker's cache.
 struct NeighborhoodPlan: Sendable {
   let p: AttentionProblem
   /// Axes normalized to three (leading trivial axes of length 1); axis 2 runs along the lanes and
@@ -249,16 +262,19 @@ struct NeighborhoodPlan: Sendable {
   let subgrids: [NeighborhoodSubgrid]
   let items: [NeighborhoodItem]
   let rowsPerTile: Int
-  /// Packed row geometry: columns left of position 0, floats per packed row.
-  let padL: Int, rowStride: Int
-  let kFloats: Int, vFloats: Int
+  /// Packed row geometry: columns left of position 0, floats per packed row (per channel).
+  let padL: Int, rowStride: Int, maxN2: Int
+  /// Row cache: slots per worker (`slotsZ × slotsX`), floats per slot (K then V).
+  let slotsZ: Int, slotsX: Int, slotFloats: Int
+  /// Largest rows-per-plane product, for the cache tags.
+  let tagRows: Int
   /// Chunk sizes (key rows × offsets) of the online softmax.
   let chunkX: Int, chunkO: Int
   /// Bias in log2 units per query head, `[Hq][(2k₀−1)(2k₁−1)(2k₂−1)]`.
   let bias: [Float]?
   let biasStride: Int
   let scratchFloats: Int
-  let qtOff: Int, otOff: Int, sOff: Int, vecOff: Int
+  let qtOff: Int, otOff: Int, sOff: Int, vecOff: Int, tOff: Int, slotOff: Int
 
   static let log2e: Float = 1.442_695_040_888_963_4
   static let ln2: Float = 0.693_147_180_559_945_3
@@ -274,48 +290,60 @@ struct NeighborhoodPlan: Sendable {
     #else
     rowsPerTile = 2
     #endif
+    let R = rowsPerTile
     padL = ax2.kernel - 1
-    let maxN2 = ax2.groupLength(0)
+    maxN2 = ax2.groupLength(0)
     rowStride = (padL + maxN2 + Lw + ax2.kernel + 15) / 16 * 16
     var sgs: [NeighborhoodSubgrid] = []
-    var items: [NeighborhoodItem] = []
-    var kb = 0, vb = 0
     for g0 in 0..<ax0.dilation {
       for g1 in 0..<ax1.dilation {
         for g2 in 0..<ax2.dilation {
-          let s = NeighborhoodSubgrid(g0: g0, g1: g1, g2: g2, n0: ax0.groupLength(g0), n1: ax1.groupLength(g1),
-                                      n2: ax2.groupLength(g2), kBase: kb, vBase: vb)
-          let rows = s.n0 * s.n1
-          kb += rows * p.headDim * rowStride
-          vb += rows * p.valueDim * rowStride
-          for c0 in 0..<s.n0 {
-            for c1 in stride(from: 0, to: s.n1, by: rowsPerTile) {
-              for i0 in stride(from: 0, to: s.n2, by: Lw) {
-                items.append(NeighborhoodItem(subgrid: Int32(sgs.count), c0: Int32(c0), c1: Int32(c1), i0: Int32(i0)))
-              }
-            }
-          }
-          sgs.append(s)
+          sgs.append(NeighborhoodSubgrid(g0: g0, g1: g1, g2: g2, n0: ax0.groupLength(g0), n1: ax1.groupLength(g1), n2: ax2.groupLength(g2)))
         }
       }
     }
     subgrids = sgs
+    tagRows = sgs.map { $0.n0 * $0.n1 }.max() ?? 1
+    // Split each (head, sub-grid, plane) into contiguous runs of bands: enough items to keep every
+    // thread busy, few enough that the halo rows repacked at run boundaries stay cheap.
+    let planes = sgs.reduce(0) { $0 + $1.n0 }
+    let wanted = max(1, (2 * p.threads + p.batch * p.queryHeads * planes - 1) / (p.batch * p.queryHeads * planes))
+    var items: [NeighborhoodItem] = []
+    for b in 0..<p.batch {
+      for h in 0..<p.queryHeads {
+        for (si, s) in sgs.enumerated() {
+          let bands = (s.n1 + R - 1) / R
+          let parts = max(1, min(wanted, bands / 4))
+          for c0 in 0..<s.n0 {
+            for part in 0..<parts {
+              let a = bands * part / parts * R, z = min(s.n1, bands * (part + 1) / parts * R)
+              if a < z {
+                items.append(NeighborhoodItem(batch: Int32(b), head: Int32(h), subgrid: Int32(si), c0: Int32(c0),
+                                              c1Start: Int32(a), c1End: Int32(z)))
+              }
+            }
+          }
+        }
+      }
+    }
     self.items = items
-    kFloats = kb
-    vFloats = vb
+    slotsZ = ax0.kernel
+    slotsX = ax1.kernel + R - 1
+    slotFloats = (p.headDim + p.valueDim) * rowStride
     chunkO = min(2 * ax2.kernel - 1, 256)
-    chunkX = min(ax1.kernel + rowsPerTile - 1, max(1, 512 / chunkO))
+    chunkX = min(ax1.kernel + R - 1, max(1, 512 / chunkO))
     let b0 = 2 * ax0.kernel - 1, b1 = 2 * ax1.kernel - 1, b2 = 2 * ax2.kernel - 1
     biasStride = b0 * b1 * b2
     self.bias = bias.map { t in t.scalars.map { $0 * NeighborhoodPlan.log2e } }
     // Scratch (floats): Qᵀ [R][D] lanes, Oᵀ [R][Dv] lanes, scores [R][chunkX][chunkO] lanes,
-    // then m[R], l[R], lo, hi lanes.
-    let R = rowsPerTile
+    // m[R], l[R], lo, hi lanes, a transpose block, then the row cache.
     qtOff = 0
     otOff = qtOff + R * p.headDim * Lw + 16
     sOff = otOff + R * p.valueDim * Lw + 16
     vecOff = sOff + R * chunkX * chunkO * Lw + 16
-    scratchFloats = vecOff + (2 * R + 2) * Lw + 16
+    tOff = vecOff + (2 * R + 2) * Lw + 16
+    slotOff = (tOff + Lw * Lw + 16 + 15) / 16 * 16
+    scratchFloats = slotOff + slotsZ * slotsX * slotFloats + 16
   }
 
   /// Flat sequence position of sub-grid coordinates.
@@ -323,60 +351,122 @@ struct NeighborhoodPlan: Sendable {
     ((s.g0 + ax0.dilation * c0) * ax1.length + (s.g1 + ax1.dilation * c1)) * ax2.length + (s.g2 + ax2.dilation * c2)
   }
 
-  func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?) {
-    let kBuf = AlignedBuffer<Float>(count: kFloats), vBuf = AlignedBuffer<Float>(count: vFloats)
-    let workers = Parallel.workers(for: items.count * p.groupSize, threads: p.threads)
+  /// Offsets per register tile for `rows` query vectors (register budget: 32 vectors on AVX-512,
+  /// 16 on AVX2 and NEON).
+  @inline(__always) func maxWidth(_ rows: Int) -> Int {
+    #if SUBQ_AVX512
+    return rows == 3 ? 7 : 8
+    #else
+    return rows == 2 ? 4 : 8
+    #endif
+  }
+
+  /// Cache slot of key row (z, x).
+  @inline(__always) func slotIndex(_ z: Int, _ x: Int) -> Int { (z % slotsZ) * slotsX + x % slotsX }
+
+  /// Runs the kernel; returns whether any element of Q, K or V read was NaN or ±∞.
+  func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+               lse: UnsafeMutablePointer<Float>?) -> Bool {
+    let workers = Parallel.workers(for: items.count, threads: p.threads)
     let scratch = AlignedBuffer<Float>(count: workers * scratchFloats)
+    let perWorker = slotsZ * slotsX + 1  // cache tags, then the non-finite flag
+    let tags = AlignedBuffer<Int>(count: workers * perWorker)
+    for w in 0..<workers {
+      (tags.pointer + w * perWorker).update(repeating: -1, count: perWorker - 1)
+      tags.pointer[w * perWorker + perWorker - 1] = 0
+    }
     let qp = SendablePointer(q), kp = SendablePointer(k), vp = SendablePointer(v), op = SendablePointer(out)
     let lp = lse.map { SendablePointer($0) }
-    let kt = SendablePointer(kBuf.pointer), vt = SendablePointer(vBuf.pointer), sp = SendablePointer(scratch.pointer)
-    // Every packed row, as (sub-grid, row) pairs.
-    var packRows: [(Int, Int)] = []
-    for (si, s) in subgrids.enumerated() { for r in 0..<(s.n0 * s.n1) { packRows.append((si, r)) } }
-    let rowsList = packRows
-    for b in 0..<p.batch {
-      for g in 0..<p.keyValueHeads {
-        Parallel.forEach(rowsList.count, threads: p.threads) { item, _ in
-          let (si, r) = rowsList[item]
-          self.pack(b: b, g: g, subgrid: si, row: r, k: kp.pointer, v: vp.pointer, kt: kt.pointer, vt: vt.pointer)
+    let sp = SendablePointer(scratch.pointer), tp = SendablePointer(tags.pointer)
+    Parallel.forEach(items.count, threads: workers) { item, worker in
+      self.run(self.items[item], q: qp.pointer, k: kp.pointer, v: vp.pointer, out: op.pointer, lse: lp?.pointer,
+               scratch: sp.pointer + worker * self.scratchFloats, tags: tp.pointer + worker * perWorker)
+    }
+    var nonFinite = false
+    for w in 0..<workers where tags.pointer[w * perWorker + perWorker - 1] != 0 { nonFinite = true }
+    withExtendedLifetime(scratch) {}
+    withExtendedLifetime(tags) {}
+    return nonFinite
+  }
+
+  /// Packs key row (z, x) of sub-grid `s` into `slot`: K as `[d][padL + c]`, then V as `[c][padL + col]`.
+  /// `check` accumulates `x − x` over everything read: NaN afterwards means a non-finite input.
+  func pack(b: Int, g: Int, _ s: NeighborhoodSubgrid, z: Int, x: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+            slot: UnsafeMutablePointer<Float>, block: UnsafeMutablePointer<Lane>, check: inout Lane) {
+    let D = p.headDim, Dv = p.valueDim, Lw = laneWidth
+    let rev = LaneTranspose.reversed
+    for (src, rows, width, dst) in [(k, p.keyRows, D, slot + padL), (v, p.valueRows, Dv, slot + D * rowStride + padL)] {
+      var c2 = 0
+      while c2 + Lw <= s.n2 {
+        var d0 = 0
+        while d0 + Lw <= width {
+          for r in 0..<Lw {
+            let e = loadLane(src + rows.offset(batch: b, head: g, row: position(s, z, x, c2 + rev[r])) + d0)
+            block[r] = e
+            check += e - e
+          }
+          LaneTranspose.transpose(block)
+          for d in 0..<Lw { storeLane(block[rev[d]], dst + (d0 + d) * rowStride + c2) }
+          d0 += Lw
         }
-        let group = p.groupSize
-        Parallel.forEach(items.count * group, threads: workers) { item, worker in
-          let h = g * group + item / self.items.count
-          self.run(self.items[item % self.items.count], b: b, h: h, q: qp.pointer, kt: kt.pointer, vt: vt.pointer,
-                   out: op.pointer, lse: lp?.pointer, scratch: sp.pointer + worker * self.scratchFloats)
+        if d0 < width {
+          for l in 0..<Lw {
+            let row = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2 + l))
+            for d in d0..<width { dst[d * rowStride + c2 + l] = row[d]; check[0] += row[d] - row[d] }
+          }
+        }
+        c2 += Lw
+      }
+      while c2 < s.n2 {
+        let row = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2))
+        for d in 0..<width { dst[d * rowStride + c2] = row[d]; check[0] += row[d] - row[d] }
+        c2 += 1
+      }
+      // A shorter sub-grid row leaves the slot's previous columns: clear them.
+      if s.n2 < maxN2 { for d in 0..<width { for c in s.n2..<maxN2 { dst[d * rowStride + c] = 0 } } }
+    }
+  }
+
+  /// Computes one item: its bands of rows, one lane vector at a time.
+  func run(_ it: NeighborhoodItem, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+           out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?, scratch: UnsafeMutablePointer<Float>,
+           tags: UnsafeMutablePointer<Int>) {
+    let b = Int(it.batch), h = Int(it.head), si = Int(it.subgrid), c0 = Int(it.c0)
+    let s = subgrids[si]
+    let g = p.kvHead(h)
+    let slots = scratch + slotOff
+    let block = UnsafeMutableRawPointer(scratch + tOff).assumingMemoryBound(to: Lane.self)
+    let zStart = ax0.windowStart(c0, groupLength: s.n0), zCount = ax0.windowCount(c0)
+    var check = Lane()
+    var c1 = Int(it.c1Start)
+    while c1 < Int(it.c1End) {
+      let R = min(rowsPerTile, Int(it.c1End) - c1)
+      // Key rows of the band's windows, packed unless the cache already holds them.
+      let xLo = ax1.windowStart(c1, groupLength: s.n1)
+      let xHi = ax1.windowStart(c1 + R - 1, groupLength: s.n1) + ax1.windowCount(c1 + R - 1)
+      for z in zStart..<(zStart + zCount) {
+        for x in xLo..<xHi {
+          let slot = slotIndex(z, x)
+          let tag = ((b * p.keyValueHeads + g) * subgrids.count + si) * tagRows + z * s.n1 + x
+          if tags[slot] != tag {
+            pack(b: b, g: g, s, z: z, x: x, k: k, v: v, slot: slots + slot * slotFloats, block: block, check: &check)
+            tags[slot] = tag
+          }
         }
       }
+      for i0 in stride(from: 0, to: s.n2, by: laneWidth) {
+        tile(s, b: b, h: h, c0: c0, c1s: c1, rows: R, i0: i0, q: q, slots: slots, out: out, lse: lse, scratch: scratch,
+             check: &check)
+      }
+      c1 += R
     }
-    withExtendedLifetime(kBuf) {}
-    withExtendedLifetime(vBuf) {}
-    withExtendedLifetime(scratch) {}
+    if any(check .!= check) { tags[slotsZ * slotsX] = 1 }
   }
 
-  /// Packs one grid row of K and V transposed: `kt[row][d][padL + c]`, zero padding untouched.
-  func pack(b: Int, g: Int, subgrid si: Int, row: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-            kt: UnsafeMutablePointer<Float>, vt: UnsafeMutablePointer<Float>) {
-    let s = subgrids[si]
-    let c0 = row / s.n1, c1 = row % s.n1
-    let D = p.headDim, Dv = p.valueDim
-    let kRow = kt + s.kBase + row * D * rowStride + padL
-    let vRow = vt + s.vBase + row * Dv * rowStride + padL
-    let kr = p.keyRows, vr = p.valueRows
-    for c2 in 0..<s.n2 {
-      let pos = position(s, c0, c1, c2)
-      let ks = k + kr.offset(batch: b, head: g, row: pos)
-      for d in 0..<D { kRow[d * rowStride + c2] = ks[d] }
-      let vs = v + vr.offset(batch: b, head: g, row: pos)
-      for c in 0..<Dv { vRow[c * rowStride + c2] = vs[c] }
-    }
-  }
-
-  /// Computes one tile: up to `rowsPerTile` rows × one lane vector of queries.
-  func run(_ it: NeighborhoodItem, b: Int, h: Int, q: UnsafePointer<Float>, kt: UnsafePointer<Float>, vt: UnsafePointer<Float>,
-           out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?, scratch: UnsafeMutablePointer<Float>) {
-    let s = subgrids[Int(it.subgrid)]
-    let c0 = Int(it.c0), c1s = Int(it.c1), i0 = Int(it.i0)
-    let R = min(rowsPerTile, s.n1 - c1s)
+  /// Computes one tile: `rows` grid rows from `c1s` × one lane vector of queries from `i0`.
+  func tile(_ s: NeighborhoodSubgrid, b: Int, h: Int, c0: Int, c1s: Int, rows R: Int, i0: Int, q: UnsafePointer<Float>,
+            slots: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
+            scratch: UnsafeMutablePointer<Float>, check: inout Lane) {
     let Lw = laneWidth
     let real = min(Lw, s.n2 - i0)
     let D = p.headDim, Dv = p.valueDim
@@ -394,14 +484,36 @@ struct NeighborhoodPlan: Sendable {
     // Qᵀ with the score scale folded in (log2 units; τ/c under a softcap c).
     let qScale: Float = p.softcap.map { p.scale / $0 } ?? p.scale * NeighborhoodPlan.log2e
     let qr = p.queryRows
+    let rev = LaneTranspose.reversed
+    let m16 = UnsafeMutableRawPointer(scratch + tOff).assumingMemoryBound(to: Lane.self)
+    let scaleV = Lane(repeating: qScale)
     for r in 0..<R {
-      for l in 0..<Lw {
-        let dst = qtF + r * D * Lw + l
-        if l < real {
+      if real == Lw {
+        // Whole lane vector: 16×16 (8×8) blocks transposed in registers.
+        var d0 = 0
+        while d0 + Lw <= D {
+          for x in 0..<Lw {
+            let e = loadLane(q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + rev[x])) + d0)
+            m16[x] = e
+            check += e - e
+          }
+          LaneTranspose.transpose(m16)
+          for d in 0..<Lw { qt[r * D + d0 + d] = m16[rev[d]] * scaleV }
+          d0 += Lw
+        }
+        for l in 0..<Lw where d0 < D {
           let src = q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + l))
-          for d in 0..<D { dst[d * Lw] = src[d] * qScale }
-        } else {
-          for d in 0..<D { dst[d * Lw] = 0 }
+          for d in d0..<D { qtF[(r * D + d) * Lw + l] = src[d] * qScale; check[0] += src[d] - src[d] }
+        }
+      } else {
+        for l in 0..<Lw {
+          let dst = qtF + r * D * Lw + l
+          if l < real {
+            let src = q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + l))
+            for d in 0..<D { dst[d * Lw] = src[d] * qScale; check[0] += src[d] - src[d] }
+          } else {
+            for d in 0..<D { dst[d * Lw] = 0 }
+          }
         }
       }
       for c in 0..<Dv { ot[r * Dv + c] = Lane() }
@@ -444,15 +556,13 @@ struct NeighborhoodPlan: Sendable {
 
     let go = min(oHi - oLo, chunkO), gx = chunkX
     let sRow = gx * go
-    let kRowFloats = D * rowStride, vRowFloats = Dv * rowStride
+    let kRowFloats = D * rowStride
     let softcapLog2 = p.softcap.map { $0 * NeighborhoodPlan.log2e }
     let b1 = 2 * ax1.kernel - 1, b2 = 2 * ax2.kernel - 1
     let biasHead = bias.map { _ in h * biasStride }
 
     (bias ?? []).withUnsafeBufferPointer { biasBuf in
       for z in zStart..<(zStart + zCount) {
-        let planeK = kt + s.kBase + z * s.n1 * kRowFloats + padL + i0
-        let planeV = vt + s.vBase + z * s.n1 * vRowFloats + padL + i0
         for xc in stride(from: xLo, to: xHi, by: gx) {
           let xe = min(xc + gx, xHi)
           for oc in stride(from: oLo, to: oHi, by: go) {
@@ -461,10 +571,10 @@ struct NeighborhoodPlan: Sendable {
             for x in xc..<xe {
               let (ra, rb) = rowsSeeing(x)
               if rb < ra { continue }
-              let kRow = planeK + x * kRowFloats
+              let kRow = slots + slotIndex(z, x) * slotFloats + padL + i0
               var o = oc
               while o < oe {
-                let w = oe - o >= 4 ? 4 : oe - o >= 2 ? 2 : 1
+                let w = min(oe - o, maxWidth(rb - ra + 1))
                 NeighborhoodTiles.qk(rows: rb - ra + 1, width: w, q: qt + ra * D, qStride: D, k: kRow + o, ldk: rowStride,
                                      depth: D, s: st + ra * sRow + (x - xc) * go + (o - oc), sStride: sRow)
                 o += w
@@ -510,10 +620,10 @@ struct NeighborhoodPlan: Sendable {
             for x in xc..<xe {
               let (ra, rb) = rowsSeeing(x)
               if rb < ra { continue }
-              let vRow = planeV + x * vRowFloats
+              let vRow = slots + slotIndex(z, x) * slotFloats + kRowFloats + padL + i0
               var o = oc
               while o < oe {
-                let w = oe - o >= 4 ? 4 : oe - o >= 2 ? 2 : 1
+                let w = min(oe - o, maxWidth(rb - ra + 1))
                 NeighborhoodTiles.pv(rows: rb - ra + 1, width: w, p: st + ra * sRow + (x - xc) * go + (o - oc), pStride: sRow,
                                      v: vRow + o, ldv: rowStride, count: Dv, o: ot + ra * Dv, oStride: Dv)
                 o += w
@@ -531,18 +641,25 @@ struct NeighborhoodPlan: Sendable {
     for r in 0..<R {
       let sums = lRun[r]
       let inv = Lane(repeating: 1).replacing(with: 0, where: sums .<= 0) / sums.replacing(with: 1, where: sums .<= 0)
-      withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<Float>.self, capacity: Lw) { dp in
-        for l in 0..<real { dp[l] = out + orows.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + l)) }
-        for c in 0..<Dv {
-          let x = ot[r * Dv + c] * inv
-          for l in 0..<real { dp[l][c] = x[l] }
+      var c0v = 0
+      if real == Lw {
+        while c0v + Lw <= Dv {
+          for x in 0..<Lw { m16[x] = ot[r * Dv + c0v + rev[x]] * inv }
+          LaneTranspose.transpose(m16)
+          for l in 0..<Lw { storeLane(m16[rev[l]], out + orows.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + l)) + c0v) }
+          c0v += Lw
         }
       }
-      for l in 0..<real {
-        let pos = position(s, c0, c1s + r, i0 + l)
-        let sum = lF[r * Lw + l]
-        if let lse {
-          lse[(b * p.queryHeads + h) * p.queryLength + pos] =
+      if c0v < Dv {
+        for l in 0..<real {
+          let o = out + orows.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + l))
+          for c in c0v..<Dv { o[c] = otF[(r * Dv + c) * Lw + l] * inv[l] }
+        }
+      }
+      if let lse {
+        for l in 0..<real {
+          let sum = lF[r * Lw + l]
+          lse[(b * p.queryHeads + h) * p.queryLength + position(s, c0, c1s + r, i0 + l)] =
             sum > 0 ? (mF[r * Lw + l] + Float(Foundation.log2(Double(sum)))) * NeighborhoodPlan.ln2 : .infinity
         }
       }

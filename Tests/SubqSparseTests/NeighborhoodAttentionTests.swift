@@ -180,6 +180,26 @@ struct NeighborhoodAttentionTests {
     #expect(try m.attendedPairs(queries: q, keys: k, values: k, options: AttentionOptions()) == Double(2 * pairs))
   }
 
+  /// The finiteness check is fused into the kernel: it must still raise the up-front check's error.
+  @Test func nonFiniteInputsRaiseTheUsualError() throws {
+    let m = try NeighborhoodAttention(grid: [9, 20], kernel: [3, 5])
+    for (tensor, index) in [("Q", 37), ("K", 179), ("V", 0)] {
+      var t = [Tensor.randomNormal(shape: [1, 2, 180, 16], seed: 1), Tensor.randomNormal(shape: [1, 2, 180, 16], seed: 2),
+               Tensor.randomNormal(shape: [1, 2, 180, 16], seed: 3)]
+      let which = ["Q", "K", "V"].firstIndex(of: tensor)!
+      t[which][flat: 180 * 16 + index * 16 + 5] = tensor == "K" ? .infinity : .nan
+      let expected: SubqError
+      do {
+        _ = try AttentionProblem.validate(op: "attention.neighborhood", queries: t[0], keys: t[1], values: t[2], options: AttentionOptions())
+        Issue.record("validate accepted a non-finite \(tensor)")
+        continue
+      } catch { expected = error }
+      #expect(throws: expected) { try m.attention(queries: t[0], keys: t[1], values: t[2], options: AttentionOptions()) }
+      let r = try m.attention(queries: t[0], keys: t[1], values: t[2], options: AttentionOptions(allowNonFinite: true))
+      #expect(r.output.shape == [1, 2, 180, 16])
+    }
+  }
+
   @Test func rejectsBadConfigurations() throws {
     let q = Tensor.randomNormal(shape: [1, 2, 100, 8], seed: 1)
     func fails(_ m: () throws -> NeighborhoodAttention, opts: AttentionOptions = AttentionOptions(), _ text: String) {
