@@ -15,6 +15,7 @@ struct Subq: ParsableCommand {
     subcommands: [
       AttentionCommand.self,
       BenchCommand.self,
+      SparseBenchCommand.self,
       PeakCommand.self,
       MethodsCommand.self,
     ])
