@@ -23,7 +23,10 @@ import SubqKernels
 /// key load (register tiles from `scripts/gen-neighborhood-tiles.py`). Border lanes, whose windows
 /// are shifted, are handled by widening the offset range of their vector and masking per lane.
 /// Softmax is online over chunks of at most ~512 keys per query (one chunk for 2-D 7×7); scores are
-/// kept in log2 units as in ``FlashAttention``.
+/// kept in log2 units as in ``FlashAttention``. Work items are runs of bands of grid rows; each
+/// worker keeps the packed K/V rows of its current band in a small cache, prefetches the next
+/// band's rows and the next tile's queries while it computes, and checks Q, K and V for NaN/±∞ as
+/// it packs them (raising the same error as the up-front check, without a separate pass).
 ///
 /// Differences from NATTEN: no stride (GNA) parameter; kernel size 1 is allowed (it attends to the
 /// own index on that axis); the layout is Subquadratic's `[B, H, N, D]` (or bshd) with the grid
@@ -454,9 +457,42 @@ struct NeighborhoodPlan: Sendable {
           }
         }
       }
+      // The next band's new key rows, prefetched a share per tile while this band computes.
+      let next = c1 + R
+      let nextR = min(rowsPerTile, Int(it.c1End) - next)
+      let newRows = nextR > 0
+        ? max(xHi, ax1.windowStart(next, groupLength: s.n1))..<(ax1.windowStart(next + nextR - 1, groupLength: s.n1) + ax1.windowCount(next + nextR - 1))
+        : 0..<0
+      let tiles = (s.n2 + laneWidth - 1) / laneWidth
+      var t = 0
       for i0 in stride(from: 0, to: s.n2, by: laneWidth) {
+        // This band's next tile (or the next band's first): its queries and output rows.
+        let (pc1, pi0, pR) = i0 + laneWidth < s.n2 ? (c1, i0 + laneWidth, R) : (next, 0, nextR)
+        for r in 0..<max(0, pR) {
+          for l in 0..<min(laneWidth, s.n2 - pi0) {
+            let pos = position(s, c0, pc1 + r, pi0 + l)
+            let qRow = q + p.queryRows.offset(batch: b, head: h, row: pos)
+            let oRow = out + p.outputRows.offset(batch: b, head: h, row: pos)
+            for d in stride(from: 0, to: p.headDim, by: 16) { prefetchRead(qRow + d) }
+            for c in stride(from: 0, to: p.valueDim, by: 16) { prefetchWrite(oRow + c) }
+          }
+        }
+        if !newRows.isEmpty {
+          for z in zStart..<(zStart + zCount) {
+            for x in newRows where tags[slotIndex(z, x)] != ((b * p.keyValueHeads + g) * subgrids.count + si) * tagRows + z * s.n1 + x {
+              for c2 in (s.n2 * t / tiles)..<(s.n2 * (t + 1) / tiles) {
+                let pos = position(s, z, x, c2)
+                let kRow = k + p.keyRows.offset(batch: b, head: g, row: pos)
+                let vRow = v + p.valueRows.offset(batch: b, head: g, row: pos)
+                for d in stride(from: 0, to: p.headDim, by: 16) { prefetchRead(kRow + d) }
+                for c in stride(from: 0, to: p.valueDim, by: 16) { prefetchRead(vRow + c) }
+              }
+            }
+          }
+        }
         tile(s, b: b, h: h, c0: c0, c1s: c1, rows: R, i0: i0, q: q, slots: slots, out: out, lse: lse, scratch: scratch,
              check: &check)
+        t += 1
       }
       c1 += R
     }
