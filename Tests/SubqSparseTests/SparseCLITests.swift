@@ -99,7 +99,8 @@ import Testing
   @Test func methodsListsTheNewMethods() throws {
     let r = try runSubq(["methods"])
     #expect(r.status == 0)
-    for name in ["neighborhood", "sinks", "combiner", "--param grid=", "--param window=1024", "--param variant=fixed"] {
+    for name in ["neighborhood  [exact over its key pattern]", "sinks  [exact over its key pattern]", "combiner  [approximate]",
+                 "--param grid=", "--param window=1024", "--param variant=fixed"] {
       #expect(r.stdout.contains(name), "missing \(name)")
     }
   }
