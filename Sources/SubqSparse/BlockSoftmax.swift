@@ -108,23 +108,6 @@ struct BlockSoftmax {
     }
   }
 
-  /// Attends to keys `range` whose values differ per query lane: the value of key j for lane i is
-  /// `vt[j·ldj + c·ldc + i]` (transposed, lanes contiguous). No mask.
-  func attendPerLaneValues(k: UnsafePointer<Float>, ldk: Int, vt: UnsafePointer<Float>, ldj: Int, ldc: Int, range: Range<Int>) {
-    scoreBlocks(k: k, ldk: ldk, range: range, diagonal: nil, left: nil, right: nil) { j0, jn in
-      for c in 0..<Dv { for x in 0..<lanesQ { ot[c * lanesQ + x] *= alpha[x] } }
-      for j in 0..<jn {
-        let pRow = st + j * lanesQ
-        let vj = vt + (j0 + j) * ldj
-        for c in 0..<Dv {
-          let vc = vj + c * ldc
-          let o = ot + c * lanesQ
-          for x in 0..<lanesQ { o[x] = fmadd(o[x], pRow[x], loadLane(vc + x * laneWidth)) }
-        }
-      }
-    }
-  }
-
   /// Scores, mask, online-softmax update for each key block of `range`; `accumulate(j0, jn)` then
   /// adds the block's probabilities (in `st`, rows 0..<jn) times its values into Oᵀ, rescaling Oᵀ by
   /// `alpha` first.
@@ -200,8 +183,10 @@ struct BlockSoftmax {
   }
 
   /// Writes the normalized output of `rows` queries (row i at `out + i·ldo`) and, when `lse` is
-  /// given, the natural-log log-sum-exp of row i at `lse[i]` (+∞ for a row that saw no key).
-  func store(out: UnsafeMutablePointer<Float>, ldo: Int, rows: Int, lse: UnsafeMutablePointer<Float>?) {
+  /// given, the natural-log log-sum-exp of row i at `lse[i·ldl]` (`emptyLSE` for a row that saw no
+  /// key: +∞ for a final result, −∞ for a partial one that will be merged).
+  func store(out: UnsafeMutablePointer<Float>, ldo: Int, rows: Int, lse: UnsafeMutablePointer<Float>?, ldl: Int = 1,
+             emptyLSE: Float = .infinity) {
     let lF = UnsafeMutableRawPointer(lRun).assumingMemoryBound(to: Float.self)
     let mF = UnsafeMutableRawPointer(mRun).assumingMemoryBound(to: Float.self)
     for i in 0..<rows {
@@ -209,18 +194,33 @@ struct BlockSoftmax {
       let inv: Float = l > 0 ? 1 / l : 0
       let o = out + i * ldo
       for c in 0..<Dv { o[c] = otF[c * blockQ + i] * inv }
-      if let lse { lse[i] = l > 0 ? (mF[i] + Float(Foundation.log2(Double(l)))) * Self.ln2 : .infinity }
+      if let lse { lse[i * ldl] = l > 0 ? (mF[i] + Float(Foundation.log2(Double(l)))) * Self.ln2 : emptyLSE }
     }
   }
 
-  /// Writes the normalized output transposed: value c of row i at `out[c·ldc + i]`.
-  func storeTransposed(out: UnsafeMutablePointer<Float>, ldc: Int, rows: Int) {
+  /// Like `store`, after merging this block's state with a partial result over other keys (row i:
+  /// normalized output `partial + i·ldp`, log-sum-exp `partialLSE[i·ldpl]`, −∞ when empty), by
+  /// the log-sum-exp rule: the result is the softmax over the union of both key sets.
+  func mergeStore(out: UnsafeMutablePointer<Float>, ldo: Int, rows: Int, lse: UnsafeMutablePointer<Float>?,
+                  partial: UnsafePointer<Float>, ldp: Int, partialLSE: UnsafePointer<Float>, ldpl: Int) {
     let lF = UnsafeMutableRawPointer(lRun).assumingMemoryBound(to: Float.self)
-    for c in 0..<Dv {
-      for i in 0..<rows {
-        let l = lF[i]
-        out[c * ldc + i] = l > 0 ? otF[c * blockQ + i] / l : 0
+    let mF = UnsafeMutableRawPointer(mRun).assumingMemoryBound(to: Float.self)
+    for i in 0..<rows {
+      let l = Double(lF[i])
+      let lse1 = l > 0 ? (Double(mF[i]) + Foundation.log2(l)) * Double(Self.ln2) : -Double.infinity
+      let lse2 = Double(partialLSE[i * ldpl])
+      let top = max(lse1, lse2)
+      let o = out + i * ldo
+      guard top > -.infinity else {
+        for c in 0..<Dv { o[c] = 0 }
+        lse?[i] = .infinity
+        continue
       }
+      let w1 = Foundation.exp(lse1 - top), w2 = Foundation.exp(lse2 - top)
+      let a1 = Float(l > 0 ? w1 / (w1 + w2) / l : 0), a2 = Float(w2 / (w1 + w2))
+      let pr = partial + i * ldp
+      for c in 0..<Dv { o[c] = otF[c * blockQ + i] * a1 + pr[c] * a2 }
+      lse?[i] = Float(top + Foundation.log(w1 + w2))
     }
   }
 }

@@ -27,6 +27,9 @@ import SubqKernels
 ///   "specific query"). The reference code derives the abstraction key with learned projections of
 ///   that row output; this library has no weights, so the key is the max-pool of the row's keys.
 ///   Where row t has no column u (the shorter last row), the max-pooled query of row t is used.
+///   Kernel: the abstraction part runs per column (queries of one column on the lanes, the pooled
+///   row keys and that column's row outputs as keys and values) and is merged into the direct part
+///   by the log-sum-exp rule, so both are register-tiled flash loops.
 /// - `logsparse` (Combiner-Logsparse, causal only): Ω⁰_i = {i}; for every bit l set in i, the
 ///   dyadic span `[(⌊i/2^l⌋ − 1)·2^l, ⌊i/2^l⌋·2^l)` is a region. These spans tile `[0, i)` exactly
 ///   (a Fenwick decomposition). O(N·log N·D); `block` does not apply.
@@ -178,15 +181,12 @@ struct CombinerBlocked: Sendable {
   let L: Int
   let axial: Bool
   let T: Int
-  /// Padded row length of the transposed axial abstraction values.
-  let Lpad: Int
 
   init(p: AttentionProblem, L: Int, axial: Bool) {
     self.p = p
     self.L = L
     self.axial = axial
     T = (p.queryLength + L - 1) / L
-    Lpad = (L + CombinerAttention.blockQ - 1) / CombinerAttention.blockQ * CombinerAttention.blockQ
   }
 
   func segment(_ t: Int) -> Range<Int> { (t * L)..<min((t + 1) * L, p.queryLength) }
@@ -203,8 +203,9 @@ struct CombinerBlocked: Sendable {
       CombinerSpan.maxPool(io.k.pointer + kr.offset(batch: b, head: g, row: 0), ld: kr.rowStride, range: segment(t),
                            width: D, into: kh.pointer + item * D)
     }
-    // 2. Abstraction values: fixed [B][Hq][T][Dv]; axial transposed [B][Hq][T][Dv][Lpad].
-    let perHead = axial ? T * Dv * Lpad : T * Dv
+    // 2. Abstraction values: fixed [B][Hq][T][Dv]; axial by column, [B][Hq][L][T][Dv] (the value of
+    //    row t seen from column u at [u][t]).
+    let perHead = axial ? L * T * Dv : T * Dv
     let vHat = AlignedBuffer<Float>(count: B * Hq * perHead)
     let vh = SendablePointer(vHat.pointer)
     let spanScratch = L + D + 16
@@ -221,12 +222,12 @@ struct CombinerBlocked: Sendable {
       let qHat = w + L
       CombinerSpan.maxPool(io.q.pointer + qr.offset(batch: b, head: h, row: 0), ld: qr.rowStride, range: seg, width: D, into: qHat)
       if axial {
-        let dst = vh.pointer + (b * Hq + h) * perHead + t * Dv * Lpad
+        let head = vh.pointer + (b * Hq + h) * perHead
         withUnsafeTemporaryAllocation(of: Float.self, capacity: Dv) { vals in
           CombinerSpan.attend(q: qHat, k: io.k.pointer + kr.offset(batch: b, head: g, row: 0), ldk: kr.rowStride,
                               v: io.v.pointer + vr.offset(batch: b, head: g, row: 0), ldv: vr.rowStride, range: seg,
                               D: D, Dv: Dv, scale: p.scale, scores: w, into: vals.baseAddress!)
-          for c in 0..<Dv { for u in seg.count..<Lpad { dst[c * Lpad + u] = vals[c] } }
+          for u in seg.count..<L { for c in 0..<Dv { head[(u * T + t) * Dv + c] = vals[c] } }
         }
       } else {
         CombinerSpan.attend(q: qHat, k: io.k.pointer + kr.offset(batch: b, head: g, row: 0), ldk: kr.rowStride,
@@ -257,11 +258,42 @@ struct CombinerBlocked: Sendable {
         blk.load(q: io.q.pointer + qr.offset(batch: b, head: h, row: seg.lowerBound + u0), ldq: qr.rowStride, rows: rows, scale: p.scale)
         blk.attend(k: io.k.pointer + kr.offset(batch: b, head: g, row: 0), ldk: kr.rowStride,
                    v: io.v.pointer + vr.offset(batch: b, head: g, row: 0), ldv: vr.rowStride, range: seg)
-        blk.storeTransposed(out: vh.pointer + (b * Hq + h) * perHead + t * Dv * Lpad + u0, ldc: Lpad, rows: rows)
+        blk.store(out: vh.pointer + (b * Hq + h) * perHead + (u0 * T + t) * Dv, ldo: T * Dv, rows: rows, lse: nil)
       }
     }
-    // 3. Main pass: direct keys of the own block plus one abstraction per other block.
+    // Axial: the abstraction part of every query, computed per column u — queries (s, u) on the
+    // lanes, keys the pooled row keys, values the column's row outputs — as a partial softmax result
+    // (output and log-sum-exp) merged into the direct part below.
+    let N = p.queryLength
+    let spanOut = AlignedBuffer<Float>(count: axial ? B * Hq * N * Dv : 0)
+    let spanLSE = AlignedBuffer<Float>(count: axial ? B * Hq * N : 0)
+    let so = SendablePointer(spanOut.pointer), sl = SendablePointer(spanLSE.pointer)
     let causal = p.causal
+    if axial {
+      let colBlocks = (T + bq - 1) / bq
+      Parallel.forEach(B * Hq * L * colBlocks, threads: workers) { item, worker in
+        let sb = item % colBlocks, u = (item / colBlocks) % L, h = (item / (colBlocks * L)) % Hq, b = item / (colBlocks * L * Hq)
+        let rowsInColumn = u < N - (T - 1) * L ? T : T - 1   // the short last row may lack column u
+        let s0 = sb * bq
+        guard s0 < rowsInColumn else { return }
+        let rows = min(bq, rowsInColumn - s0)
+        let g = p.kvHead(h)
+        let blk = BlockSoftmax(scratch: sp.pointer + worker * blockFloats, D: D, Dv: Dv, blockQ: bq, blockK: bk, softcap: nil)
+        blk.load(q: io.q.pointer + qr.offset(batch: b, head: h, row: s0 * L + u), ldq: L * qr.rowStride, rows: rows, scale: p.scale)
+        let kh0 = kh.pointer + (b * Hkv + g) * T * D
+        let col = vh.pointer + (b * Hq + h) * perHead + u * T * Dv
+        // Rows t < s (and t > s when not causal); lane i is row s0 + i.
+        let before = min(T, s0 + rows - 1)
+        if before > 0 { blk.attend(k: kh0, ldk: D, v: col, ldv: Dv, range: 0..<before, diagonal: s0 - 1, left: nil, right: 0) }
+        if !causal && s0 + 1 < T {
+          blk.attend(k: kh0, ldk: D, v: col, ldv: Dv, range: (s0 + 1)..<T, diagonal: s0 + 1, left: 0, right: nil)
+        }
+        let first = (b * Hq + h) * N + s0 * L + u
+        blk.store(out: so.pointer + first * Dv, ldo: L * Dv, rows: rows, lse: sl.pointer + first, ldl: L, emptyLSE: -.infinity)
+      }
+    }
+    // 3. Main pass: direct keys of the own block plus one abstraction per other block (axial: merged
+    //    with the column pass's partial results).
     Parallel.forEach(items, threads: workers) { item, worker in
       let (b, h, s, u0) = decode(item)
       let seg = segment(s)
@@ -279,23 +311,25 @@ struct CombinerBlocked: Sendable {
       } else {
         blk.attend(k: kBase, ldk: kr.rowStride, v: vBase, ldv: vr.rowStride, range: seg)
       }
+      let lsePtr = io.lse.map { $0.pointer + (b * Hq + h) * p.queryLength + first }
+      if axial {
+        let at = (b * Hq + h) * N + first
+        blk.mergeStore(out: io.out.pointer + orows.offset(batch: b, head: h, row: first), ldo: orows.rowStride, rows: rows,
+                       lse: lsePtr, partial: so.pointer + at * Dv, ldp: Dv, partialLSE: sl.pointer + at, ldpl: 1)
+        return
+      }
       let kh0 = kh.pointer + (b * Hkv + g) * T * D
       let vh0 = vh.pointer + (b * Hq + h) * perHead
       let spans: [Range<Int>] = causal ? [0..<s] : [0..<s, (s + 1)..<T]
-      for r in spans where !r.isEmpty {
-        if axial {
-          blk.attendPerLaneValues(k: kh0, ldk: D, vt: vh0 + u0, ldj: Dv * Lpad, ldc: Lpad, range: r)
-        } else {
-          blk.attend(k: kh0, ldk: D, v: vh0, ldv: Dv, range: r)
-        }
-      }
-      blk.store(out: io.out.pointer + orows.offset(batch: b, head: h, row: first), ldo: orows.rowStride, rows: rows,
-                lse: io.lse.map { $0.pointer + (b * Hq + h) * p.queryLength + first })
+      for r in spans where !r.isEmpty { blk.attend(k: kh0, ldk: D, v: vh0, ldv: Dv, range: r) }
+      blk.store(out: io.out.pointer + orows.offset(batch: b, head: h, row: first), ldo: orows.rowStride, rows: rows, lse: lsePtr)
     }
     withExtendedLifetime(kHat) {}
     withExtendedLifetime(vHat) {}
     withExtendedLifetime(scratch1) {}
     withExtendedLifetime(scratch) {}
+    withExtendedLifetime(spanOut) {}
+    withExtendedLifetime(spanLSE) {}
   }
 }
 
