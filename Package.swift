@@ -120,7 +120,7 @@ let package = Package(
     /// Linear-time mixers: linear attention, TransNormer, LinFusion, PoNet, Monarch Mixer; FFT.
     .target(name: "SubqLinear", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
     /// The umbrella module: re-exports every family and holds the method registry.
-    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqRing", "SubqLinear", "SubqStateSpace", "SubqDecoding"], swiftSettings: compute),
+    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqRing", "SubqLinear", "SubqStateSpace", "SubqDecoding", "SubqSparse"], swiftSettings: compute),
     /// Sequence-parallel exact attention (ring, tokenring, heads) over any `Communicator`; no MPI needed.
     .target(name: "SubqRing", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
     /// The AVX-512 block of the selective scan in C intrinsics (header-only, inlined into Swift).
@@ -129,6 +129,8 @@ let package = Package(
     .target(name: "SubqStateSpace", dependencies: ["SubqCore", "SubqKernels", "SubqAttention", "SubqScanC"], swiftSettings: compute),
     /// Decoding: split-KV (Flash-Decoding) attention and the paged KV cache.
     .target(name: "SubqDecoding", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
+    /// Local and structured sparse attention: neighborhood attention, attention sinks, Combiner.
+    .target(name: "SubqSparse", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
 
     // MARK: - Tools
     /// Benchmark harness, machine limits and the comparison reports behind `subq`.
@@ -147,6 +149,7 @@ let package = Package(
     .testTarget(name: "SubqLinearTests", dependencies: ["SubqLinear", "SubqKernels", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqStateSpaceTests", dependencies: ["SubqStateSpace", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqDecodingTests", dependencies: ["SubqDecoding", "SubqTestSupport"], swiftSettings: compute),
+    .testTarget(name: "SubqSparseTests", dependencies: ["SubqSparse", "SubqTestSupport", "subq"], swiftSettings: compute),
     .testTarget(name: "SubqCLITests", dependencies: ["subq", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqRingTests", dependencies: ["SubqRing", "subq", "SubqTestSupport"], swiftSettings: compute + mpiDefine),
     /// `subq compare`: metrics, runner, report schema, SVG and HTML.

@@ -26,7 +26,8 @@ public struct AttentionBench {
     public var n: Int
     public var medianSeconds: Double
     public var minSeconds: Double
-    /// FLOPs of exact attention on the visible pairs (4·B·Hq·N²·D non-causal, about half causal).
+    /// FLOPs of exact attention on the visible pairs (4·B·Hq·N²·D non-causal, about half causal);
+    /// for a ``PatternAttentionMethod``, on the pairs it attends to.
     public var flops: Double
     public var gflops: Double
     /// Peak resident memory of the process during the memory-probe run.
@@ -66,12 +67,20 @@ public struct AttentionBench {
       let qSlice = sliceRows(d.queries, head: 0, from: n - m, count: m)
       let kSlice = sliceRows(d.keys, head: 0, from: 0, count: n)
       let vSlice = sliceRows(d.values, head: 0, from: 0, count: n)
-      let ref = try NaiveAttention.reference(queries: qSlice, keys: kSlice, values: vSlice, options: opts)
       let got = sliceRows(first.output, head: 0, from: n - m, count: m)
-      let checkError = relativeError(got, ref.output)
+      let checkError: Double
+      if let pattern = method as? any PatternAttentionMethod {
+        // Exact over its own pattern: check against the reference over the selected keys.
+        let rows = (0..<config.batch).flatMap { b in ((n - m)..<n).map { QueryRow(batch: b, head: 0, row: $0) } }
+        let ref = try PatternCheck.reference(method: pattern, queries: d.queries, keys: d.keys, values: d.values, options: opts, rows: rows)
+        checkError = relativeError(got, ref.flatMap { $0 })
+      } else {
+        let ref = try NaiveAttention.reference(queries: qSlice, keys: kSlice, values: vSlice, options: opts)
+        checkError = relativeError(got, ref.output)
+      }
 
       var errorVsFlash: Double? = nil
-      if !info.isExact {
+      if !info.isExact && !(method is any PatternAttentionMethod) {
         let exact = try FlashAttention().attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
         errorVsFlash = relativeError(first.output, exact.output.scalars.map(Double.init))
       }
@@ -94,7 +103,12 @@ public struct AttentionBench {
         } catch { failure = error as? SubqError }
       }
       if let failure { throw failure }
-      let flops = problem.flops
+      // Pattern methods: count only the pairs they attend to.
+      var flops = problem.flops
+      if let pattern = method as? any PatternAttentionMethod {
+        flops = try pattern.attendedPairs(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+          * Double(2 * problem.headDim + 2 * problem.valueDim)
+      }
       let row = Row(n: n, medianSeconds: timing.median, minSeconds: timing.min, flops: flops,
                     gflops: flops / timing.median / 1e9, peakResidentBytes: peak,
                     extraBytes: growth.map { max(0, $0 - outputBytes) }, checkError: checkError, errorVsFlash: errorVsFlash)

@@ -5,6 +5,7 @@
 @_exported import SubqLinear
 @_exported import SubqStateSpace
 @_exported import SubqDecoding
+@_exported import SubqSparse
 
 /// Every attention method in the library, by name.
 public enum AttentionMethods {
@@ -13,6 +14,9 @@ public enum AttentionMethods {
     FlashAttention.self,
     NaiveAttention.self,
     SplitKVAttention.self,
+    NeighborhoodAttention.self,
+    SinkAttention.self,
+    CombinerAttention.self,
   ]
 
   /// The method type registered under `name`.

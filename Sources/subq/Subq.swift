@@ -18,6 +18,7 @@ struct Subq: ParsableCommand {
       AttentionBackwardCommand.self,
       DecodeBenchCommand.self,
       BenchCommand.self,
+      SparseBenchCommand.self,
       PeakCommand.self,
       MethodsCommand.self,
       RingCommand.self,
