@@ -15,7 +15,7 @@ import Testing
   }
 
   @Test func tinyRunWritesEveryOutput() throws {
-    let r = try runSubq(["compare", "--lengths", "64,96", "--heads", "2", "--dim", "16", "--methods", "all", "--sample-rows", "8",
+    let r = try runSubq(["compare", "--lengths", "64,96", "--heads", "2", "--dim", "16", "--methods", "flash,naive", "--mixers", "none", "--sample-rows", "8",
                          "--budget", "0.01", "--json", path("r.json"), "--csv", path("r.csv"), "--svg", path("svg"),
                          "--html", path("r.html")])
     #expect(r.status == 0, "stderr: \(r.stderr)")
@@ -38,6 +38,18 @@ import Testing
     #expect(html.contains("<svg") && !html.contains("http"))
     // No temporary files left next to the outputs.
     #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix(".") }.isEmpty)
+  }
+
+  /// Every registered attention method appears in the comparison (measured or n/a with a reason).
+  @Test func everyRegisteredMethodAppears() throws {
+    let r = try runSubq(["compare", "--methods", "all", "--mixers", "none", "--lengths", "64", "--kinds", "gaussian",
+                         "--heads", "2", "--dim", "16", "--budget", "0.01", "--sample-rows", "4", "--json", path("all.json")])
+    #expect(r.status == 0, "stderr: \(r.stderr)")
+    let results = try #require(try json(path("all.json"))["results"] as? [[String: Any]])
+    let seen = Set(results.compactMap { $0["method"] as? String })
+    for m in AttentionMethods.all.map({ $0.info.name }) {
+      #expect(seen.contains(m), "\(m) missing from compare")
+    }
   }
 
   /// Extra memory in a process of its own (tests in this process would disturb the RSS): naive
@@ -165,7 +177,7 @@ import Testing
     p.executableURL = subqExecutable()
     // Steps: flash and naive at N = 128 (non-causal, causal), then flash and naive at 2048. naive at
     // 2048 with 8 heads takes many seconds (14 s on a 2-core machine): the interrupt lands in it.
-    p.arguments = ["compare", "--methods", "all", "--kinds", "gaussian", "--lengths", "128,2048", "--budget", "0.01",
+    p.arguments = ["compare", "--methods", "flash,naive", "--mixers", "none", "--kinds", "gaussian", "--lengths", "128,2048", "--budget", "0.01",
                    "--json", path("i.json"), "--html", path("i.html"), "--svg", path("isvg")]
     let err = Pipe()
     p.standardError = err
