@@ -84,13 +84,16 @@ let package = Package(
     .target(name: "SubqAttention", dependencies: ["SubqCore", "SubqKernels"], swiftSettings: compute),
     /// The umbrella module: re-exports every family and holds the method registry.
     .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention"], swiftSettings: compute),
+    /// Language models on the library: GGUF files, quantized products, BPE tokenizer, LLaMA
+    /// forward pass with pluggable attention, sampling, perplexity and needle evaluation.
+    .target(name: "SubqLLM", dependencies: ["SubqCore", "SubqKernels", "SubqAttention", "Subquadratic"], swiftSettings: compute),
 
     // MARK: - Tools
     /// Benchmark harness, machine limits and the comparison reports behind `subq`.
     .target(name: "SubqBench", dependencies: ["Subquadratic"], swiftSettings: compute),
     .executableTarget(
       name: "subq",
-      dependencies: ["Subquadratic", "SubqBench", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: ["Subquadratic", "SubqBench", "SubqLLM", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       swiftSettings: compute),
 
     // MARK: - Tests
@@ -99,6 +102,7 @@ let package = Package(
     .testTarget(name: "SubqKernelsTests", dependencies: ["SubqKernels", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqAttentionTests", dependencies: ["SubqAttention", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqCLITests", dependencies: ["subq", "SubqTestSupport"], swiftSettings: compute),
+    .testTarget(name: "SubqLLMTests", dependencies: ["SubqLLM", "SubqTestSupport"], swiftSettings: compute),
   ],
   swiftLanguageModes: [.v6]
 )

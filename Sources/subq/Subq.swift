@@ -17,6 +17,7 @@ struct Subq: ParsableCommand {
       BenchCommand.self,
       PeakCommand.self,
       MethodsCommand.self,
+      GenerateCommand.self,
     ])
 
   static func main() {

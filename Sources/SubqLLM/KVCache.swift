@@ -1,0 +1,142 @@
+import SubqAttention
+import SubqCore
+import SubqKernels
+
+/// Storage of the keys and values of past positions, per layer.
+///
+/// The model talks to its cache only through this interface, so the contiguous cache below can
+/// be replaced by a paged one (and its decode step by split-KV decoding from SubqDecoding) without
+/// touching the forward pass.
+protocol KVCacheStorage: AnyObject {
+  /// Positions stored (the same in every layer once a forward step is complete).
+  var length: Int { get }
+  /// Positions that fit.
+  var capacity: Int { get }
+  /// Writes `count` positions starting at `position` for `layer`: `k`, `v` are `[count, Hkv·D]`
+  /// (row stride `ld`).
+  func store(layer: Int, position: Int, count: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>, ld: Int)
+  /// Marks positions `0..<length` as valid (after every layer has stored them).
+  func commit(length: Int)
+  /// Forgets every position.
+  func reset()
+  /// Keys and values of positions `0..<count` for `layer` as `[1, Hkv, count, D]` tensors.
+  func tensors(layer: Int, count: Int) -> (keys: Tensor, values: Tensor)
+  /// Exact attention of one query vector per query head over positions `0..<count`:
+  /// `q` is `[Hq·D]`, `out` is `[Hq·D]`.
+  func attendOne(layer: Int, count: Int, q: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, scale: Float, threads: Int)
+}
+
+/// A contiguous Float32 cache: for each layer, K and V as `[Hkv][capacity][D]`, so the keys of one
+/// head are one contiguous block.
+///
+/// Decode attention (`attendOne`) splits the keys of each key/value head into chunks processed on
+/// all cores (split-KV, as flash-decoding): each chunk computes, for the `Hq/Hkv` query heads that
+/// share the key/value head, its scores, its local maximum and sum and a partial output; the
+/// partials are then merged with the usual log-sum-exp rescaling. Memory: `2 · layers · Hkv ·
+/// capacity · D · 4` bytes (SmolLM2-135M at 8192 positions: 377 MB).
+final class ContiguousKVCache: KVCacheStorage, @unchecked Sendable {
+  let layers: Int
+  let kvHeads: Int
+  let queryHeads: Int
+  let headDim: Int
+  let capacity: Int
+  private(set) var length = 0
+  let k: AlignedBuffer<Float>
+  let v: AlignedBuffer<Float>
+  let layerStride: Int
+
+  init(layers: Int, queryHeads: Int, kvHeads: Int, headDim: Int, capacity: Int) {
+    self.layers = layers
+    self.kvHeads = kvHeads
+    self.queryHeads = queryHeads
+    self.headDim = headDim
+    self.capacity = capacity
+    layerStride = kvHeads * capacity * headDim
+    k = AlignedBuffer(count: layers * layerStride)
+    v = AlignedBuffer(count: layers * layerStride)
+  }
+
+  func store(layer: Int, position: Int, count: Int, k src: UnsafePointer<Float>, v vsrc: UnsafePointer<Float>, ld: Int) {
+    let D = headDim
+    for g in 0..<kvHeads {
+      let kd = k.pointer + layer * layerStride + (g * capacity + position) * D
+      let vd = v.pointer + layer * layerStride + (g * capacity + position) * D
+      for i in 0..<count {
+        (kd + i * D).update(from: src + i * ld + g * D, count: D)
+        (vd + i * D).update(from: vsrc + i * ld + g * D, count: D)
+      }
+    }
+  }
+
+  func commit(length: Int) { self.length = length }
+  func reset() { length = 0 }
+
+  func tensors(layer: Int, count: Int) -> (keys: Tensor, values: Tensor) {
+    let D = headDim
+    func make(_ src: UnsafeMutablePointer<Float>) -> Tensor {
+      Tensor(shape: [1, kvHeads, count, D]) { out in
+        for g in 0..<kvHeads {
+          (out.baseAddress! + g * count * D).update(from: src + layer * layerStride + g * capacity * D, count: count * D)
+        }
+      }
+    }
+    return (make(k.pointer), make(v.pointer))
+  }
+
+  /// Keys per split-KV chunk.
+  static let chunk = 256
+
+  func attendOne(layer: Int, count: Int, q: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, scale: Float, threads: Int) {
+    let D = headDim, G = queryHeads / kvHeads
+    let C = ContiguousKVCache.chunk
+    let chunks = (count + C - 1) / C
+    let items = kvHeads * chunks
+    // Partials per (query head, chunk): max, sum, D outputs.
+    let pStride = D + 2
+    let partial = AlignedBuffer<Float>(count: queryHeads * chunks * pStride)
+    let workers = Parallel.workers(for: items, threads: count * kvHeads < 2048 ? 1 : threads)
+    let scratch = AlignedBuffer<Float>(count: workers * G * C)
+    let pp = SendablePointer(partial.pointer), sp = SendablePointer(scratch.pointer)
+    let kBase = SendablePointer(k.pointer + layer * layerStride), vBase = SendablePointer(v.pointer + layer * layerStride)
+    let qp = SendablePointer(q)
+    let cap = capacity
+    Parallel.forEach(items, threads: workers) { item, worker in
+      let g = item / chunks, c = item % chunks
+      let j0 = c * C, jn = Swift.min(C, count - j0)
+      let keys = kBase.pointer + (g * cap + j0) * D
+      let vals = vBase.pointer + (g * cap + j0) * D
+      let s = sp.pointer + worker * G * C
+      for hh in 0..<G {
+        let h = g * G + hh
+        let qh = qp.pointer + h * D
+        let sh = s + hh * C
+        for j in 0..<jn { sh[j] = dot(qh, keys + j * D, D) * scale }
+        let m = maxElement(sh, jn)
+        let l = expShiftSum(sh, shift: m, jn)
+        let dst = pp.pointer + (h * chunks + c) * pStride
+        dst[0] = m
+        dst[1] = l
+        let acc = dst + 2
+        for x in 0..<D { acc[x] = 0 }
+        for j in 0..<jn { axpy(sh[j], vals + j * D, acc, D) }
+      }
+    }
+    // Merge the chunks of each query head.
+    for h in 0..<queryHeads {
+      var mMax = -Float.infinity
+      for c in 0..<chunks { mMax = Swift.max(mMax, partial.pointer[(h * chunks + c) * pStride]) }
+      var l: Float = 0
+      let o = out + h * D
+      for x in 0..<D { o[x] = 0 }
+      for c in 0..<chunks {
+        let p = partial.pointer + (h * chunks + c) * pStride
+        let w = exp2Scalar((p[0] - mMax) * 1.442_695_040_888_963_4)
+        l = fmadd(l, w, p[1])
+        axpy(w, p + 2, o, D)
+      }
+      SubqKernels.scale(o, 1 / l, D)
+    }
+    withExtendedLifetime(partial) {}
+    withExtendedLifetime(scratch) {}
+  }
+}
