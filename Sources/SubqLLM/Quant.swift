@@ -17,19 +17,20 @@ public let quantBlock = 32
   Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: offset, as: UInt16.self)))
 }
 
-/// 16 bytes as 16 floats (0…255).
+/// 16 bytes as 16 floats (0…255). A per-lane loop: LLVM turns it into one zero-extension and
+/// one conversion, while the generic `SIMD16<UInt32>(truncatingIfNeeded:)` stays an
+/// out-of-line call.
 @inline(__always) func bytesToFloats(_ b: SIMD16<UInt8>) -> SIMD16<Float> {
-  // 2^23 + b as float bits, minus 2^23: exact, and a zero-extension plus one subtraction.
-  let bits = SIMD16<UInt32>(truncatingIfNeeded: b) | SIMD16<UInt32>(repeating: 0x4B00_0000)
-  return unsafeBitCast(bits, to: SIMD16<Float>.self) - SIMD16<Float>(repeating: 8_388_608)
+  var r = SIMD16<Float>()
+  for i in 0..<16 { r[i] = Float(b[i]) }
+  return r
 }
 
 /// 16 signed bytes as 16 floats (−128…127).
 @inline(__always) func signedBytesToFloats(_ b: SIMD16<Int8>) -> SIMD16<Float> {
-  // Bias to unsigned (x + 128 = x ^ 0x80), convert exactly, subtract the bias back.
-  let u = unsafeBitCast(b, to: SIMD16<UInt8>.self) ^ SIMD16<UInt8>(repeating: 0x80)
-  let bits = SIMD16<UInt32>(truncatingIfNeeded: u) | SIMD16<UInt32>(repeating: 0x4B00_0000)
-  return unsafeBitCast(bits, to: SIMD16<Float>.self) - SIMD16<Float>(repeating: 8_388_608 + 128)
+  var r = SIMD16<Float>()
+  for i in 0..<16 { r[i] = Float(b[i]) }
+  return r
 }
 
 @inline(__always) func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {

@@ -18,6 +18,8 @@ struct Subq: ParsableCommand {
       PeakCommand.self,
       MethodsCommand.self,
       GenerateCommand.self,
+      PerplexityCommand.self,
+      NeedleCommand.self,
     ])
 
   static func main() {
