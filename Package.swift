@@ -102,7 +102,7 @@ let package = Package(
     .testTarget(name: "SubqKernelsTests", dependencies: ["SubqKernels", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqAttentionTests", dependencies: ["SubqAttention", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqCLITests", dependencies: ["subq", "SubqTestSupport"], swiftSettings: compute),
-    .testTarget(name: "SubqLLMTests", dependencies: ["SubqLLM", "SubqTestSupport"], swiftSettings: compute),
+    .testTarget(name: "SubqLLMTests", dependencies: ["SubqLLM", "subq", "SubqTestSupport"], swiftSettings: compute),
   ],
   swiftLanguageModes: [.v6]
 )

@@ -262,12 +262,19 @@ func blockSums(_ x: UnsafePointer<Float>, _ count: Int, into sums: UnsafeMutable
 
 /// One `Y = X Wᵀ` product of a batched call: `x` is `[n, W.cols]` with row stride `ldx`, `y` is
 /// `[n, W.rows]` with row stride `ldy`.
-struct MatmulJob: @unchecked Sendable {
-  var w: QuantizedMatrix
-  var x: UnsafePointer<Float>
-  var ldx: Int
-  var y: UnsafeMutablePointer<Float>
-  var ldy: Int
+package struct MatmulJob: @unchecked Sendable {
+  package var w: QuantizedMatrix
+  package var x: UnsafePointer<Float>
+  package var ldx: Int
+  package var y: UnsafeMutablePointer<Float>
+  package var ldy: Int
+  package init(w: QuantizedMatrix, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
+    self.w = w
+    self.x = x
+    self.ldx = ldx
+    self.y = y
+    self.ldy = ldy
+  }
 }
 
 /// Quantized matrix products on all cores.
@@ -276,7 +283,7 @@ public enum QuantizedProducts {
   static let rowsPerItem = 32
 
   /// `y = W x` for one activation vector, every job in one parallel pass (`n` must be 1).
-  static func matvec(_ jobs: [MatmulJob], threads: Int) {
+  package static func matvec(_ jobs: [MatmulJob], threads: Int) {
     let maxCols = jobs.map(\.w.cols).max() ?? 0
     let sumsCount = (maxCols + 31) / 32
     // Block sums of each distinct input, computed once.
@@ -314,7 +321,7 @@ public enum QuantizedProducts {
   /// item dequantizes its panel once, transposed (`Wᵀ[k][r]`), into per-worker scratch and runs
   /// the register-tiled outer-product kernel (`AttentionTiles.qkTile`: 6 activation rows × one
   /// panel, the full depth accumulated in registers) over its activation rows.
-  static func matmul(_ jobs: [MatmulJob], n: Int, threads: Int) {
+  package static func matmul(_ jobs: [MatmulJob], n: Int, threads: Int) {
     if n == 1 { return matvec(jobs, threads: threads) }
     let P = AttentionTiles.width
     let maxCols = jobs.map(\.w.cols).max() ?? 0
