@@ -40,6 +40,8 @@ struct TokenizerTests {
     let ids = t.encode(" the lower")
     #expect(ids.map { t.tokens[$0] } == ["Ġthe", "Ġ", "low", "er"])
     #expect(t.encode("ring").map { t.tokens[$0] } == ["r", "ing"])
+    // "rer": "er" (rank 5) beats the leftmost pair "re" (rank 11).
+    #expect(t.encode("rer").map { t.tokens[$0] } == ["r", "er"])
   }
 
   @Test func specialTokensAreMatchedInText() throws {
