@@ -282,14 +282,20 @@ public enum QuantizedProducts {
   /// Rows of W per work item in a matrix–vector product.
   static let rowsPerItem = 32
 
-  /// `y = W x` for one activation vector, every job in one parallel pass (`n` must be 1).
-  package static func matvec(_ jobs: [MatmulJob], threads: Int) {
+  /// Below this many activation rows, products run row by row on the quantized blocks (each
+  /// weight row, read once, is multiplied with every activation row while it is in L1); from it
+  /// on, the panel kernel's dequantization pays for itself.
+  package static let panelThreshold = 8
+
+  /// `Y = X Wᵀ` for a few activation rows (`n` < `panelThreshold`), directly on the quantized
+  /// blocks, every job in one parallel pass over chunks of `rowsPerItem` rows of W.
+  package static func matvec(_ jobs: [MatmulJob], n: Int = 1, threads: Int) {
     let maxCols = jobs.map(\.w.cols).max() ?? 0
     let sumsCount = (maxCols + 31) / 32
-    // Block sums of each distinct input, computed once.
-    let sums = AlignedBuffer<Float>(count: Swift.max(1, jobs.count * sumsCount))
+    // Block sums of each activation row, computed once per job.
+    let sums = AlignedBuffer<Float>(count: Swift.max(1, jobs.count * n * sumsCount))
     for (j, job) in jobs.enumerated() where job.w.needsBlockSums {
-      blockSums(job.x, job.w.cols, into: sums.pointer + j * sumsCount)
+      for t in 0..<n { blockSums(job.x + t * job.ldx, job.w.cols, into: sums.pointer + (j * n + t) * sumsCount) }
     }
     var starts: [Int] = []
     var total = 0
@@ -306,97 +312,121 @@ public enum QuantizedProducts {
       let job = jobs[j]
       let r0 = (item - itemStarts[j]) * per
       let r1 = Swift.min(job.w.rows, r0 + per)
-      let xs = UnsafePointer(s.pointer + j * sumsCount)
-      for r in r0..<r1 { job.y[r] = job.w.dotRow(r, job.x, xs) }
+      for r in r0..<r1 {
+        for t in 0..<n {
+          let xs = UnsafePointer(s.pointer + (j * n + t) * sumsCount)
+          job.y[t * job.ldy + r] = job.w.dotRow(r, job.x + t * job.ldx, xs)
+        }
+      }
     }
     // Small products are not worth waking a second thread for.
-    let flops = jobs.reduce(0) { $0 + $1.w.rows * $1.w.cols }
+    let flops = jobs.reduce(0) { $0 + $1.w.rows * $1.w.cols } * n
     Parallel.forEach(total, threads: flops < 200_000 ? 1 : threads, work)
     withExtendedLifetime(sums) {}
   }
 
+  /// Rows of W per work item of the batched product (a multiple of the tile height 6).
+  static let rowsPerBatchItem = 48
+
   /// `Y = X Wᵀ` for `n` activation rows, every job in one parallel pass.
   ///
-  /// Work items are (panel of `AttentionTiles.width` rows of W, chunk of activation rows). Each
-  /// item dequantizes its panel once, transposed (`Wᵀ[k][r]`), into per-worker scratch and runs
-  /// the register-tiled outer-product kernel (`AttentionTiles.qkTile`: 6 activation rows × one
-  /// panel, the full depth accumulated in registers) over its activation rows.
+  /// The activations are packed once, transposed, in blocks of `AttentionTiles.width` tokens
+  /// (`Xᵀ[block][k][t]`, tokens along the SIMD lanes, zero past `n`; each block contiguous), one
+  /// packed copy per distinct input. Work items are (block of
+  /// `AttentionTiles.width` tokens, `rowsPerBatchItem` rows of W); each item dequantizes six rows
+  /// of W at a time into L1-resident scratch (vector stores, no transposition) and runs the
+  /// register-tiled outer-product kernel (`AttentionTiles.qkTile`: six W rows × one token block,
+  /// the whole depth accumulated in registers), writing the 6 × width tile of Yᵀ back into Y.
+  /// Below `panelThreshold` rows it falls back to the block-by-block products of `matvec`.
   package static func matmul(_ jobs: [MatmulJob], n: Int, threads: Int) {
-    if n == 1 { return matvec(jobs, threads: threads) }
+    if n < panelThreshold { return matvec(jobs, n: n, threads: threads) }
     let P = AttentionTiles.width
-    let maxCols = jobs.map(\.w.cols).max() ?? 0
-    var panels: [Int] = []
-    var totalPanels = 0
-    for job in jobs {
-      panels.append(totalPanels)
-      totalPanels += (job.w.rows + P - 1) / P
-    }
-    // Enough items to balance the workers, but chunks long enough to amortize the dequantization.
-    let rowsPerTile = AttentionTiles.rows
-    var chunks = Swift.max(1, (4 * threads + totalPanels - 1) / totalPanels)
-    chunks = Swift.min(chunks, Swift.max(1, n / 96))
-    let chunkRows = ((n + chunks - 1) / chunks + rowsPerTile - 1) / rowsPerTile * rowsPerTile
-    chunks = (n + chunkRows - 1) / chunkRows
-    let items = totalPanels * chunks
-    let workers = Parallel.workers(for: items, threads: threads)
-    // Scratch per worker: Wᵀ panel [maxCols][P], a dequantized row, and one output tile.
-    let panelFloats = maxCols * P
-    let tileFloats = rowsPerTile * P
-    let perWorker = (panelFloats + maxCols + tileFloats + 63) / 64 * 64 + 64
-    let scratch = AlignedBuffer<Float>(count: workers * perWorker)
-    let sp = SendablePointer(scratch.pointer)
     let TV = tileVectors
-    let panelStarts = panels, chunkCount = chunks
-    Parallel.forEach(items, threads: workers) { item, worker in
-      let panelIndex = item / chunkCount, chunk = item % chunkCount
-      var j = jobs.count - 1
-      while panelStarts[j] > panelIndex { j -= 1 }
-      let job = jobs[j]
+    let rowsPerTile = AttentionTiles.rows
+    let blocks = (n + P - 1) / P
+    let nPad = blocks * P
+    // One packed Xᵀ per distinct input pointer.
+    var inputs: [UnsafePointer<Float>] = []
+    var inputOf: [Int] = []
+    var packOffsets: [Int] = []
+    var packTotal = 0
+    for job in jobs {
+      if let i = inputs.firstIndex(of: job.x) { inputOf.append(i); continue }
+      inputOf.append(inputs.count)
+      inputs.append(job.x)
+      packOffsets.append(packTotal)
+      packTotal += job.w.cols * nPad
+    }
+    let packed = AlignedBuffer<Float>(count: packTotal)
+    let pk = SendablePointer(packed.pointer)
+    // Pack: items are (input, token block).
+    let firstJobOfInput = inputs.indices.map { i in jobs[inputOf.firstIndex(of: i)!] }
+    let packOffs = packOffsets
+    Parallel.forEach(inputs.count * blocks, threads: threads) { item, _ in
+      let i = item / blocks, b = item % blocks
+      let job = firstJobOfInput[i]
       let K = job.w.cols
-      let r0 = (panelIndex - panelStarts[j]) * P
-      let valid = Swift.min(P, job.w.rows - r0)
-      let base = sp.pointer + worker * perWorker
-      let wt = base                       // [K][P]
-      let rowBuf = base + panelFloats     // [K]
-      let tile = base + (panelFloats + maxCols + 15) / 16 * 16  // [6][P]
-      // Dequantize the panel, transposed; rows past the matrix are zero.
-      for r in 0..<P {
-        if r < valid {
-          job.w.dequantizeRow(r0 + r, into: rowBuf)
-          for k in 0..<K { wt[k * P + r] = rowBuf[k] }
-        } else {
-          for k in 0..<K { wt[k * P + r] = 0 }
+      // Block b of input i: [K][P], contiguous.
+      let dst = pk.pointer + packOffs[i] + b * K * P
+      let t0 = b * P
+      for k in 0..<K {
+        let row = dst + k * P
+        for tt in 0..<P {
+          let t = t0 + tt
+          row[tt] = t < n ? job.x[t * job.ldx + k] : 0
         }
       }
-      let wtL = UnsafeRawPointer(wt).assumingMemoryBound(to: Lane.self)
+    }
+    var starts: [Int] = []
+    var total = 0
+    let R = rowsPerBatchItem
+    for job in jobs {
+      starts.append(total)
+      total += (job.w.rows + R - 1) / R * blocks
+    }
+    let maxCols = jobs.map(\.w.cols).max() ?? 0
+    let workers = Parallel.workers(for: total, threads: threads)
+    // Scratch per worker: six dequantized rows of W and one output tile.
+    let perWorker = (rowsPerTile * maxCols + 15) / 16 * 16 + rowsPerTile * P + 64
+    let scratch = AlignedBuffer<Float>(count: workers * perWorker)
+    let sp = SendablePointer(scratch.pointer)
+    let itemStarts = starts, inputIndex = inputOf
+    Parallel.forEach(total, threads: workers) { item, worker in
+      var j = jobs.count - 1
+      while itemStarts[j] > item { j -= 1 }
+      let job = jobs[j]
+      let local = item - itemStarts[j]
+      let b = local % blocks, chunk = local / blocks
+      let K = job.w.cols
+      let xt = UnsafeRawPointer(pk.pointer + packOffs[inputIndex[j]] + b * K * P).assumingMemoryBound(to: Lane.self)
+      let qtStride = TV
+      let wRows = sp.pointer + worker * perWorker
+      let tile = wRows + (rowsPerTile * maxCols + 15) / 16 * 16
       let tileL = UnsafeMutableRawPointer(tile).assumingMemoryBound(to: Lane.self)
-      let t0 = chunk * chunkRows
-      let t1 = Swift.min(n, t0 + chunkRows)
-      var t = t0
+      let t0 = b * P
+      let validT = Swift.min(P, n - t0)
+      let r0 = chunk * R
+      let r1 = Swift.min(job.w.rows, r0 + R)
       var dummyMax = [Lane](repeating: Lane(), count: TV)
-      while t < t1 {
-        let last = t1 - 1
-        let x0 = job.x + Swift.min(t, last) * job.ldx, x1 = job.x + Swift.min(t + 1, last) * job.ldx
-        let x2 = job.x + Swift.min(t + 2, last) * job.ldx, x3 = job.x + Swift.min(t + 3, last) * job.ldx
-        let x4 = job.x + Swift.min(t + 4, last) * job.ldx, x5 = job.x + Swift.min(t + 5, last) * job.ldx
+      var r = r0
+      while r < r1 {
+        let rows = Swift.min(rowsPerTile, r1 - r)
+        for i in 0..<rows { job.w.dequantizeRow(r + i, into: wRows + i * K) }
+        let last = rows - 1
         dummyMax.withUnsafeMutableBufferPointer { m in
-          AttentionTiles.qkTile(x0, x1, x2, x3, x4, x5, depth: K, qt: wtL, qtStride: TV,
-                                st: tileL, stStride: TV, rowMax: m.baseAddress!, updateMax: false)
+          AttentionTiles.qkTile(
+            wRows, wRows + Swift.min(1, last) * K, wRows + Swift.min(2, last) * K, wRows + Swift.min(3, last) * K,
+            wRows + Swift.min(4, last) * K, wRows + Swift.min(5, last) * K, depth: K, qt: xt, qtStride: qtStride,
+            st: tileL, stStride: TV, rowMax: m.baseAddress!, updateMax: false)
         }
-        let rowsHere = Swift.min(rowsPerTile, t1 - t)
-        for rr in 0..<rowsHere {
-          let dst = job.y + (t + rr) * job.ldy + r0
-          let src = tile + rr * P
-          if valid == P {
-            var c = 0
-            while c < P { storeLane(loadLane(src + c), dst + c); c += laneWidth }
-          } else {
-            for c in 0..<valid { dst[c] = src[c] }
-          }
+        for tt in 0..<validT {
+          let dst = job.y + (t0 + tt) * job.ldy + r
+          for i in 0..<rows { dst[i] = tile[i * P + tt] }
         }
-        t += rowsPerTile
+        r += rowsPerTile
       }
     }
     withExtendedLifetime(scratch) {}
+    withExtendedLifetime(packed) {}
   }
 }

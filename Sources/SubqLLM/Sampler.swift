@@ -1,5 +1,6 @@
 import Foundation
 import SubqCore
+import SubqKernels
 
 /// Picks the next token from logits: greedy at temperature 0, otherwise softmax sampling at the
 /// given temperature restricted to the `topK` most likely tokens and to the smallest set of them
@@ -59,11 +60,15 @@ public struct Sampler: Sendable {
   }
 }
 
-/// Natural-log softmax probability of `target` under `logits` (computed in Double).
+/// Natural-log softmax probability of `target` under `logits`: `l_t − m − log Σ e^(l_i − m)`, the
+/// sum in Float32 lanes with the vector exponential (relative error ≈ 1e-6 on the sum, far below
+/// what a perplexity reported to four digits can show).
 public func logProbability(_ logits: UnsafeBufferPointer<Float>, target: Int) -> Double {
-  var m = -Float.infinity
-  for x in logits where x > m { m = x }
-  var s = 0.0
-  for x in logits { s += Foundation.exp(Double(x - m)) }
-  return Double(logits[target] - m) - Foundation.log(s)
+  let n = logits.count
+  let m = maxElement(logits.baseAddress!, n)
+  let sum = withUnsafeTemporaryAllocation(of: Float.self, capacity: n) { tmp -> Float in
+    tmp.baseAddress!.update(from: logits.baseAddress!, count: n)
+    return expShiftSum(tmp.baseAddress!, shift: m, n)
+  }
+  return Double(logits[target] - m) - Foundation.log(Double(sum))
 }
