@@ -20,6 +20,7 @@ struct Subq: ParsableCommand {
       GenerateCommand.self,
       PerplexityCommand.self,
       NeedleCommand.self,
+      TokenizeCommand.self,
     ])
 
   static func main() {
