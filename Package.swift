@@ -83,10 +83,10 @@ let package = Package(
     /// Exact attention: the Float64 reference and FlashAttention-2.
     .target(name: "SubqAttention", dependencies: ["SubqCore", "SubqKernels"], swiftSettings: compute),
     /// The umbrella module: re-exports every family and holds the method registry.
-    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention"], swiftSettings: compute),
+    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqLLM"], swiftSettings: compute),
     /// Language models on the library: GGUF files, quantized products, BPE tokenizer, LLaMA
     /// forward pass with pluggable attention, sampling, perplexity and needle evaluation.
-    .target(name: "SubqLLM", dependencies: ["SubqCore", "SubqKernels", "SubqAttention", "Subquadratic"], swiftSettings: compute),
+    .target(name: "SubqLLM", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
 
     // MARK: - Tools
     /// Benchmark harness, machine limits and the comparison reports behind `subq`.

@@ -1,6 +1,7 @@
 // Subquadratic: the umbrella module. `import Subquadratic` brings in every method family.
 @_exported import SubqAttention
 @_exported import SubqCore
+@_exported import SubqLLM
 
 /// Every attention method in the library, by name.
 public enum AttentionMethods {
