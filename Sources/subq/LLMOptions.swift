@@ -14,7 +14,7 @@ struct ModelOptions: ParsableArguments {
   @Option(help: "Worker threads (default: all cores, or SUBQ_THREADS).")
   var threads: Int?
 
-  @Option(name: .customLong("param"), help: "Attention method parameter name=value or method.name=value (repeatable).")
+  @Option(name: .customLong("param"), help: "Attention method parameter method.name=value, or name=value for every method run (repeatable).")
   var params: [String] = []
 
   /// The model path in effect.
