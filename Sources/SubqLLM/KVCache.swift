@@ -83,6 +83,35 @@ final class ContiguousKVCache: KVCacheStorage, @unchecked Sendable {
     return (make(k.pointer), make(v.pointer))
   }
 
+  /// `out[h·outStride + c] = Σ_{j<count} p[h·stride + j] · v[j·64 + c]` for `heads` ≤ 4 heads and
+  /// 64 value columns.
+  static func weightedSum64(
+    _ v: UnsafePointer<Float>, count: Int, probabilities p: UnsafePointer<Float>, stride: Int, heads: Int,
+    out: UnsafeMutablePointer<Float>, outStride: Int
+  ) {
+    typealias V = SIMD16<Float>
+    var a00 = V(), a01 = V(), a02 = V(), a03 = V()
+    var a10 = V(), a11 = V(), a12 = V(), a13 = V()
+    var a20 = V(), a21 = V(), a22 = V(), a23 = V()
+    var a30 = V(), a31 = V(), a32 = V(), a33 = V()
+    // Heads past `heads` read the first head's probabilities; their sums are not stored.
+    let p0 = p, p1 = p + (heads > 1 ? stride : 0), p2 = p + (heads > 2 ? 2 * stride : 0), p3 = p + (heads > 3 ? 3 * stride : 0)
+    for j in 0..<count {
+      let row = v + j * 64
+      let v0 = load16(row), v1 = load16(row + 16), v2 = load16(row + 32), v3 = load16(row + 48)
+      let b0 = V(repeating: p0[j]), b1 = V(repeating: p1[j]), b2 = V(repeating: p2[j]), b3 = V(repeating: p3[j])
+      a00 = fma16(a00, b0, v0); a01 = fma16(a01, b0, v1); a02 = fma16(a02, b0, v2); a03 = fma16(a03, b0, v3)
+      a10 = fma16(a10, b1, v0); a11 = fma16(a11, b1, v1); a12 = fma16(a12, b1, v2); a13 = fma16(a13, b1, v3)
+      a20 = fma16(a20, b2, v0); a21 = fma16(a21, b2, v1); a22 = fma16(a22, b2, v2); a23 = fma16(a23, b2, v3)
+      a30 = fma16(a30, b3, v0); a31 = fma16(a31, b3, v1); a32 = fma16(a32, b3, v2); a33 = fma16(a33, b3, v3)
+    }
+    let sums = [(a00, a01, a02, a03), (a10, a11, a12, a13), (a20, a21, a22, a23), (a30, a31, a32, a33)]
+    for h in 0..<heads {
+      let o = out + h * outStride
+      store16(sums[h].0, o); store16(sums[h].1, o + 16); store16(sums[h].2, o + 32); store16(sums[h].3, o + 48)
+    }
+  }
+
   /// Keys per split-KV chunk.
   static let chunk = 256
 
@@ -116,9 +145,18 @@ final class ContiguousKVCache: KVCacheStorage, @unchecked Sendable {
         let dst = pp.pointer + (h * chunks + c) * pStride
         dst[0] = m
         dst[1] = l
-        let acc = dst + 2
-        for x in 0..<D { acc[x] = 0 }
-        for j in 0..<jn { axpy(sh[j], vals + j * D, acc, D) }
+      }
+      if D == 64 && G <= 4 {
+        // Σ_j p_h[j]·v_j for up to four heads at once, accumulators in registers, each value row
+        // loaded once.
+        ContiguousKVCache.weightedSum64(vals, count: jn, probabilities: s, stride: C, heads: G,
+                                        out: pp.pointer + (g * G * chunks + c) * pStride + 2, outStride: chunks * pStride)
+      } else {
+        for hh in 0..<G {
+          let acc = pp.pointer + ((g * G + hh) * chunks + c) * pStride + 2
+          for x in 0..<D { acc[x] = 0 }
+          for j in 0..<jn { axpy(s[hh * C + j], vals + j * D, acc, D) }
+        }
       }
     }
     // Merge the chunks of each query head.

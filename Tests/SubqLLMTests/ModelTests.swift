@@ -42,10 +42,17 @@ struct ModelForwardTests {
   /// that position (the cache, the decode attention and the positions of RoPE). With `flash` the
   /// decode steps use the split-KV kernel (more than one chunk of keys at 300 positions); with
   /// `naive` the method itself runs over the cached keys.
-  @Test(arguments: [("flash", 261, 300), ("naive", 5, 12), ("flash", 1, 9)])
-  func decodeStepsMatchFloat64(method: String, prefix: Int, total: Int) throws {
+  ///
+  /// `headDim64` uses SmolLM2's geometry (head dimension 64, three query heads per key/value
+  /// head), which takes the decode kernel's register-blocked value path.
+  @Test(arguments: [("flash", 261, 300, false), ("naive", 5, 12, false), ("flash", 1, 9, false), ("flash", 250, 290, true)])
+  func decodeStepsMatchFloat64(method: String, prefix: Int, total: Int, headDim64: Bool) throws {
     let seed = testSeed(12)
-    let (tiny, url, dir) = try writeTinyModel({ $0.tied = true; $0.layers = 1 }, seed: seed)
+    let (tiny, url, dir) = try writeTinyModel({
+      $0.tied = true
+      $0.layers = 1
+      if headDim64 { $0.dim = 192; $0.heads = 3; $0.kvHeads = 1 }
+    }, seed: seed)
     defer { try? FileManager.default.removeItem(at: dir) }
     let model = try LlamaModel(path: url.path)
     let toks = tokens(total, vocab: tiny.vocab, seed: seed)
