@@ -205,7 +205,10 @@ public final class LlamaSession: @unchecked Sendable {
   ///   - threads: worker threads (default: all cores).
   /// - Throws: ``SubqError/argument(op:name:value:reason:)`` for a capacity outside
   ///   1…context length or threads < 1.
-  public init(model: LlamaModel, capacity: Int, attention: LLMAttention = .exact, threads: Int = Parallel.defaultThreads) throws(SubqError) {
+  ///   - cache: element type of the KV cache (Float32 by default: exact; Float16 halves the memory
+  ///     and the bytes each decode step reads, rounding keys and values to 11 significant bits).
+  public init(model: LlamaModel, capacity: Int, attention: LLMAttention = .exact, threads: Int = Parallel.defaultThreads,
+              cache precision: KVCachePrecision = .f32) throws(SubqError) {
     guard capacity >= 1 && capacity <= model.config.contextLength else {
       throw .argument(op: "llm.session", name: "context", value: "\(capacity)", reason: "must be in 1...\(model.config.contextLength) (the model's context length)")
     }
@@ -214,13 +217,16 @@ public final class LlamaSession: @unchecked Sendable {
     self.attention = attention
     self.threads = threads
     let c = model.config
-    cache = ContiguousKVCache(layers: c.layers, queryHeads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, capacity: capacity)
+    cache = ContiguousKVCache(layers: c.layers, queryHeads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, capacity: capacity,
+                              precision: precision)
   }
 
   /// Positions in the cache.
   public var position: Int { cache.length }
   /// Positions the cache holds.
   public var capacity: Int { cache.capacity }
+  /// Element type of the cache.
+  public var cachePrecision: KVCachePrecision { (cache as? ContiguousKVCache)?.precision ?? .f32 }
 
   /// Empties the cache.
   public func reset() { cache.reset() }

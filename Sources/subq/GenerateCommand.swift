@@ -61,7 +61,7 @@ struct GenerateCommand: ParsableCommand {
       throw SubqError.argument(op: "generate", name: "--prompt", value: "\(ids.count) tokens",
                                reason: "longer than the context (\(capacity) positions)")
     }
-    let session = try LlamaSession(model: model, capacity: capacity, attention: att, threads: modelOptions.threadCount)
+    let session = try LlamaSession(model: model, capacity: capacity, attention: att, threads: modelOptions.threadCount, cache: modelOptions.kvCache)
     var logits = try session.prefill(ids)
     var stream = StreamingDecoder(tok)
     let out = FileHandle.standardOutput
@@ -80,9 +80,9 @@ struct GenerateCommand: ParsableCommand {
     if !quiet {
       let t = session.timings
       note(BuildInfo.summary)
-      note(String(format: "model %@: %d layers, dim %d, %d/%d heads, %@; attention %@; %d threads",
+      note(String(format: "model %@: %d layers, dim %d, %d/%d heads, %@; attention %@; %@ KV cache; %d threads",
                   (model.file.path as NSString).lastPathComponent, model.config.layers, model.config.dim, model.config.heads,
-                  model.config.kvHeads, formatBytes(Double(model.weightBytes)), attention, session.threads))
+                  model.config.kvHeads, formatBytes(Double(model.weightBytes)), attention, session.cachePrecision.rawValue, session.threads))
       note(String(format: "prefill: %d tokens in %.3f s = %.1f tokens/s", t.prefillTokens, t.prefillSeconds, t.prefillTokensPerSecond))
       note(String(format: "decode:  %d tokens in %.3f s = %.1f tokens/s (context %d → %d; stopped: %@)",
                   t.decodeTokens, t.decodeSeconds, t.decodeTokensPerSecond, ids.count, session.position, stop))

@@ -66,6 +66,33 @@ struct ModelForwardTests {
     #expect(throws: SubqError.self) { try session.decode(toks[0]) }  // the cache is full
   }
 
+  /// A Float16 cache: prefill and decode logits match a Float64 reference whose keys and values
+  /// are rounded to Float16 the same way, and differ from the Float32 cache's (so the conversion is
+  /// really used). Tolerance 1e-3: a value within Float32 rounding of a Float16 rounding boundary
+  /// can round to the neighbouring Float16 value in one of the two computations (one Float16 ulp,
+  /// 2⁻¹¹ relative); that leaves about 2e-4 here, while comparing with the unrounded reference
+  /// (i.e. a cache that rounds wrongly or not at all) gives about 5e-3.
+  @Test func float16CacheStaysClose() throws {
+    let seed = testSeed(16)
+    let (tiny, url, dir) = try writeTinyModel({ $0.dim = 192; $0.heads = 3; $0.kvHeads = 1 }, seed: seed)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let model = try LlamaModel(path: url.path)
+    let toks = tokens(280, vocab: tiny.vocab, seed: seed)
+    let ref = tiny.referenceLogits(toks), refHalf = tiny.referenceLogits(toks, halfKV: true)
+    var runs: [[[Float]]] = []
+    for precision in KVCachePrecision.allCases {
+      let session = try LlamaSession(model: model, capacity: toks.count, threads: 2, cache: precision)
+      #expect(session.cachePrecision == precision)
+      var got: [[Float]] = [try session.prefill(Array(toks[0..<200]))]
+      for t in toks[200...] { got.append(try session.decode(t)) }
+      runs.append(got)
+    }
+    let e32 = relativeError(runs[0], Array(ref[199...])), e16 = relativeError(runs[1], Array(refHalf[199...]))
+    #expect(e32 <= Self.tolerance, "f32 error \(e32), seed \(seed)")
+    #expect(e16 <= 1e-3, "f16 error \(e16) against the Float16-rounded reference, seed \(seed)")
+    #expect(relativeError(runs[1], Array(ref[199...])) > 10 * e32, "the Float16 cache changed nothing")
+  }
+
   /// Changing tokens after position i leaves the logits of positions ≤ i unchanged (causality).
   @Test func noLookAhead() throws {
     let seed = testSeed(13)

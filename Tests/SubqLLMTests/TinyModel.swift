@@ -114,7 +114,8 @@ struct TinyModel {
   }
 
   /// Logits `[n][vocab]` of every position, computed in Float64 from the recorded weights.
-  func referenceLogits(_ tokens: [Int]) -> [[Double]] {
+  /// With `halfKV`, keys (after RoPE) and values are rounded to Float16 as a Float16 cache stores them.
+  func referenceLogits(_ tokens: [Int], halfKV: Bool = false) -> [[Double]] {
     let n = tokens.count, D = headDim, G = heads / kvHeads
     func mat(_ name: String, _ x: [Double], rows: Int, cols: Int) -> [Double] {
       let W = weights[name]!
@@ -147,9 +148,10 @@ struct TinyModel {
         var k = mat(p + "attn_k.weight", h, rows: kvHeads * D, cols: dim)
         rope(&q, heads: heads, pos: i)
         rope(&k, heads: kvHeads, pos: i)
+        let v = mat(p + "attn_v.weight", h, rows: kvHeads * D, cols: dim)
         qs.append(q)
-        ks.append(k)
-        vs.append(mat(p + "attn_v.weight", h, rows: kvHeads * D, cols: dim))
+        ks.append(halfKV ? k.map { Double(Float16(Float($0))) } : k)
+        vs.append(halfKV ? v.map { Double(Float16(Float($0))) } : v)
       }
       for i in 0..<n {
         var att = [Double](repeating: 0, count: heads * D)
