@@ -7,7 +7,7 @@ Setup (builds llama.cpp from source, about 20 minutes of both cores on an idle m
 Usage:
     scripts/llama-cpp-anchor.py --prompt-file FILE [--tokens N] [--decode 32] [--threads 2] [--model PATH]
 
-Prefill: one `eval` of the first N prompt tokens (batch = N, micro-batch 512). Decode: `--decode`
+Prefill: one `eval` of the first N prompt tokens (micro-batch 512). Decode: `--decode`
 greedy steps of one token each. Run it alternately with
     subq generate --prompt-file FILE --max-tokens 32 --threads 2
 on an otherwise idle machine (OpenMP spin-waits: shared cores make llama.cpp collapse).
@@ -32,7 +32,7 @@ toks = probe.tokenize(text.encode(), add_bos=False, special=True)
 if a.tokens:
     toks = toks[: a.tokens]
 llm = Llama(model_path=a.model, n_ctx=len(toks) + a.decode + 8, n_threads=a.threads, n_threads_batch=a.threads,
-            n_batch=len(toks), n_ubatch=min(512, len(toks)), verbose=False)
+            n_batch=len(toks) + a.decode + 8, n_ubatch=min(512, len(toks)), verbose=False)
 t0 = time.perf_counter()
 llm.eval(toks)
 t1 = time.perf_counter()
