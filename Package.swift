@@ -120,7 +120,10 @@ let package = Package(
     /// Linear-time mixers: linear attention, TransNormer, LinFusion, PoNet, Monarch Mixer; FFT.
     .target(name: "SubqLinear", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
     /// The umbrella module: re-exports every family and holds the method registry.
-    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqRing", "SubqLinear", "SubqStateSpace", "SubqDecoding", "SubqSparse"], swiftSettings: compute),
+    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqRing", "SubqLinear", "SubqStateSpace", "SubqDecoding", "SubqSparse", "SubqLLM"], swiftSettings: compute),
+    /// Language models on the library: GGUF files, quantized products, BPE tokenizer, LLaMA
+    /// forward pass with pluggable attention, sampling, perplexity and needle evaluation.
+    .target(name: "SubqLLM", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
     /// Sequence-parallel exact attention (ring, tokenring, heads) over any `Communicator`; no MPI needed.
     .target(name: "SubqRing", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
     /// The AVX-512 block of the selective scan in C intrinsics (header-only, inlined into Swift).
@@ -137,7 +140,7 @@ let package = Package(
     .target(name: "SubqBench", dependencies: ["Subquadratic"], swiftSettings: compute),
     .executableTarget(
       name: "subq",
-      dependencies: ["Subquadratic", "SubqBench", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+      dependencies: ["Subquadratic", "SubqBench", "SubqLLM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         + (useMPI ? ["SubqMPI"] : []),
       swiftSettings: compute + mpiDefine),
 
@@ -154,6 +157,7 @@ let package = Package(
     .testTarget(name: "SubqRingTests", dependencies: ["SubqRing", "subq", "SubqTestSupport"], swiftSettings: compute + mpiDefine),
     /// `subq compare`: metrics, runner, report schema, SVG and HTML.
     .testTarget(name: "SubqCompareTests", dependencies: ["SubqBench", "SubqTestSupport"], swiftSettings: compute),
+    .testTarget(name: "SubqLLMTests", dependencies: ["SubqLLM", "subq", "SubqTestSupport"], swiftSettings: compute),
   ]
     + (useMPI
       ? [

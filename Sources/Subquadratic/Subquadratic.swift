@@ -6,6 +6,7 @@
 @_exported import SubqStateSpace
 @_exported import SubqDecoding
 @_exported import SubqSparse
+@_exported import SubqLLM
 
 /// Every attention method in the library, by name.
 public enum AttentionMethods {

@@ -28,6 +28,10 @@ struct Subq: ParsableCommand {
       SSDCommand.self,
       TitansCommand.self,
       ScanBenchCommand.self,
+      GenerateCommand.self,
+      PerplexityCommand.self,
+      NeedleCommand.self,
+      TokenizeCommand.self,
     ])
 
   static func main() {
