@@ -4,14 +4,15 @@ import SubqCore
 import SubqDecoding
 import SubqKVSelection
 
-/// `subq select-bench`: long-context decoding with KV selection (TokenSelect or
-/// RetrievalAttention) against exact split-KV decoding, step by step in the same run.
+/// `subq decode-bench --method tokenselect|retrieval`: long-context decoding with KV selection
+/// (TokenSelect or RetrievalAttention) against exact split-KV decoding, step by step in the same run.
 ///
 /// Setup: a paged cache holding `context` tokens per sequence (one layer), a sample of prefill
 /// queries (the RetrievalAttention index is built from them), then `warmup + steps` decode
 /// steps. Each step appends one token to every sequence, then runs exact split-KV decoding and the
-/// method on the same queries (alternating which goes first), timing each; the ground truth (every
-/// key's inner product) is computed outside the timings.
+/// method on the same queries (alternating which goes first), timing each (wall clock and the
+/// process's processor time); the ground truth (every key's inner product) is computed outside the
+/// timings.
 ///
 /// **Data.** `structured` follows ``ProblemData``'s recipe per key/value head: `clusters` centres of
 /// norm 2·D^¼, keys a Zipf-chosen centre plus N(0, 0.5²) noise, values N(0, 1). Prefill queries
@@ -60,6 +61,8 @@ public struct SelectionDecodeBench {
     public var parameters: [String: String]
     public var context: Int
     public var steps: Int
+    /// Unmeasured decode steps before the measured ones.
+    public var warmup: Int
     public var batch: Int, heads: Int, kvHeads: Int, dim: Int
     public var storage: String
     public var data: String
@@ -81,6 +84,10 @@ public struct SelectionDecodeBench {
     /// mean is its amortized cost).
     public var exactMeanSeconds: Double
     public var methodMeanSeconds: Double
+    /// Median processor time (all threads) per step of exact decoding and of the method. On a
+    /// loaded machine the wall-clock time includes waiting for a core; this does not.
+    public var exactCPUMedianSeconds: Double
+    public var methodCPUMedianSeconds: Double
     /// exact median / method median, and exact mean / method mean.
     public var speedup: Double
     public var meanSpeedup: Double
@@ -111,10 +118,10 @@ public struct SelectionDecodeBench {
   public let config: Config
   public init(config: Config) { self.config = config }
 
-  /// Runs the benchmark; `progress` gets status lines.
-  public func run(progress: (String) -> Void = { _ in }) throws(SubqError) -> Report {
+  /// Checks the configuration and the method's parameters without running anything.
+  public func validate() throws(SubqError) {
     let c = config
-    let op = "select-bench"
+    let op = "decode-bench"
     for (name, v) in [("--context", c.context), ("--steps", c.steps), ("--batch", c.batch), ("--heads", c.heads), ("--kv-heads", c.kvHeads),
                       ("--dim", c.dim), ("--page-size", c.pageSize), ("--clusters", c.clusters), ("--prefill-queries", c.prefillQueries),
                       ("--recall-k", c.recallK), ("--threads", c.threads)] where v < 1 {
@@ -129,6 +136,16 @@ public struct SelectionDecodeBench {
       throw .argument(op: op, name: "--topic-switch", value: "\(c.topicSwitch)", reason: "must be in 0...1")
     }
     if c.data == .needles { throw .unsupported(op: op, feature: "--data needles", reason: "use structured or gaussian") }
+    switch c.method {
+    case .tokenselect: _ = try TokenSelectDecoder(parameters: c.parameters)
+    case .retrieval: _ = try RetrievalDecoder(configuration: RetrievalDecoder.configuration(c.parameters))
+    }
+  }
+
+  /// Runs the benchmark; `progress` gets status lines.
+  public func run(progress: (String) -> Void = { _ in }) throws(SubqError) -> Report {
+    let c = config
+    try validate()
     // Construct the method first, so bad parameters fail before the long setup.
     var tokenSelect: TokenSelectDecoder? = nil
     var retrieval: RetrievalDecoder? = nil
@@ -239,6 +256,7 @@ public struct SelectionDecodeBench {
     let exact = try SplitKVAttention()
     let options = AttentionOptions(causal: true, returnLSE: true, threads: c.threads)
     var exactTimes: [Double] = [], methodTimes: [Double] = []
+    var exactCPU: [Double] = [], methodCPU: [Double] = []
     var errNum = 0.0, errDen = 0.0
     var scanned = 0.0, touched = 0.0, attendedRows = 0.0, rowsCount = 0.0
     var recallA = 0.0, recallS = 0.0, recallSCount = 0.0, recallACount = 0.0
@@ -276,15 +294,21 @@ public struct SelectionDecodeBench {
       var attended: [[Int]] = []  // per row
       var retrieved: [[Int]]? = nil
       func runExact() throws(SubqError) {
-        let t = monotonicSeconds()
+        let cpu = processCPUSeconds(), t = monotonicSeconds()
         exactResult = try exact.attention(queries: q, cache: cache, layer: 0, sequences: sequences, options: options)
-        if measured { exactTimes.append(monotonicSeconds() - t) }
+        if measured {
+          exactTimes.append(monotonicSeconds() - t)
+          exactCPU.append(processCPUSeconds() - cpu)
+        }
       }
       func runMethod() throws(SubqError) {
-        let t = monotonicSeconds()
+        let cpu = processCPUSeconds(), t = monotonicSeconds()
         if let ts = tokenSelect {
           let r = try ts.step(queries: q, cache: cache, layer: 0, sequences: sequences, options: options, recordKeys: true)
-          if measured { methodTimes.append(monotonicSeconds() - t) }
+          if measured {
+            methodTimes.append(monotonicSeconds() - t)
+            methodCPU.append(processCPUSeconds() - cpu)
+          }
           methodResult = r.result
           let st = r.statistics
           if measured {
@@ -296,7 +320,10 @@ public struct SelectionDecodeBench {
           attended = (0..<(B * Hq)).map { r.attendedKeys![$0 / Hq] }
         } else if let rd = retrieval {
           let r = try rd.step(queries: q, cache: cache, layer: 0, sequences: sequences, options: options, recordKeys: true)
-          if measured { methodTimes.append(monotonicSeconds() - t) }
+          if measured {
+            methodTimes.append(monotonicSeconds() - t)
+            methodCPU.append(processCPUSeconds() - cpu)
+          }
           methodResult = r.result
           let st = r.statistics
           if measured {
@@ -347,13 +374,14 @@ public struct SelectionDecodeBench {
     let bytes = Double(B * Hkv) * n * Double(2 * D * c.storage.bytes)
     let steps = Double(c.steps)
     return Report(
-      method: c.method.rawValue, parameters: parameterValues, context: c.context, steps: c.steps, batch: B, heads: Hq, kvHeads: Hkv, dim: D,
+      method: c.method.rawValue, parameters: parameterValues, context: c.context, steps: c.steps, warmup: c.warmup, batch: B, heads: Hq, kvHeads: Hkv, dim: D,
       storage: c.storage.rawValue, data: c.data.rawValue, threads: c.threads, setupSeconds: setupSeconds, buildSeconds: buildSeconds,
       indexBytes: indexBytes, buildQueries: buildQueries, cacheBytes: Int(bytes),
       exactMedianSeconds: exactMedian, exactMinSeconds: Timing(samples: exactTimes).min,
       methodMedianSeconds: methodMedian, methodMinSeconds: Timing(samples: methodTimes).min,
       exactMeanSeconds: exactTimes.reduce(0, +) / Double(max(1, exactTimes.count)),
       methodMeanSeconds: methodTimes.reduce(0, +) / Double(max(1, methodTimes.count)),
+      exactCPUMedianSeconds: Timing(samples: exactCPU).median, methodCPUMedianSeconds: Timing(samples: methodCPU).median,
       speedup: exactMedian / methodMedian,
       meanSpeedup: exactTimes.reduce(0, +) / max(1e-12, methodTimes.reduce(0, +)), exactGBps: bytes / exactMedian / 1e9,
       scannedFraction: scanned / steps, touchedFraction: touched / steps, attendedPerRow: attendedRows / max(1, rowsCount),

@@ -1,9 +1,12 @@
+import SubqCShims
+
 // Float16 storage converted to Float inside kernels.
 //
 // Half-precision keys and values halve the bytes a memory-bound kernel reads; arithmetic stays in
-// Float. The conversion is written lane by lane in an always-inlined helper: with F16C/AVX-512 the
-// compiler turns it into one `vcvtph2ps`, while the generic `SIMD16<Float>(SIMD16<Float16>)`
-// initializer can stay out of line inside large kernels and spill every register.
+// Float. The conversion goes through a C helper (`subq_load_half8/16`), which compiles to one
+// `vcvtph2ps` with F16C (x86-64-v3 and later) or AVX-512, and to `fcvtl` on arm64: Swift's generic
+// `SIMD16<Float>(SIMD16<Float16>)` stays out of line inside large kernels, and a lane-by-lane loop
+// becomes one scalar conversion per element.
 
 #if SUBQ_AVX512
 /// Half-precision vector with as many lanes as `Lane`.
@@ -15,16 +18,9 @@ public typealias HalfLane = SIMD8<Float16>
 /// Loads `laneWidth` Float16 values (any alignment) as a `Lane` of Float.
 @inlinable @inline(__always)
 package func loadLane(_ p: UnsafePointer<Float16>) -> Lane {
-  let h = UnsafeRawPointer(p).loadUnaligned(as: HalfLane.self)
-  var r = Lane()
-  for i in 0..<laneWidth { r[i] = Float(h[i]) }
-  return r
-}
-
-/// Rounds a `Lane` to Float16 and stores it (any alignment).
-@inlinable @inline(__always)
-package func storeLane(_ v: Lane, _ p: UnsafeMutablePointer<Float16>) {
-  var h = HalfLane()
-  for i in 0..<laneWidth { h[i] = Float16(v[i]) }
-  UnsafeMutableRawPointer(p).storeBytes(of: h, as: HalfLane.self)
+  #if SUBQ_AVX512
+  return subq_load_half16(p)
+  #else
+  return subq_load_half8(p)
+  #endif
 }

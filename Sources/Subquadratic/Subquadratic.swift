@@ -1,8 +1,13 @@
 // Subquadratic: the umbrella module. `import Subquadratic` brings in every method family.
 @_exported import SubqAttention
 @_exported import SubqCore
+@_exported import SubqRing
+@_exported import SubqLinear
+@_exported import SubqStateSpace
 @_exported import SubqDecoding
 @_exported import SubqKVSelection
+@_exported import SubqSparse
+@_exported import SubqLLM
 
 /// Every attention method in the library, by name.
 public enum AttentionMethods {
@@ -12,6 +17,9 @@ public enum AttentionMethods {
     NaiveAttention.self,
     SplitKVAttention.self,
     TokenSelect.self,
+    NeighborhoodAttention.self,
+    SinkAttention.self,
+    CombinerAttention.self,
   ]
 
   /// The method type registered under `name`.

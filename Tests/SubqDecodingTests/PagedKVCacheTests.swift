@@ -74,16 +74,30 @@ struct PagedKVCacheTests {
 
   /// Decode step over `seqs` equals flash over each mirror's whole prefix.
   func expectDecodeMatches(_ cache: PagedKVCache, _ seqs: [PagedKVCache.SequenceID], _ mirrors: [Mirror], nq: Int = 1,
-                           causal: Bool = true, layer: Int = 0, half: Bool = false, splits: [Int] = [0, 1, 5], seed: UInt64, _ label: String) throws {
-    let q = Tensor.randomNormal(shape: [seqs.count, hq, nq, d], seed: seed &+ 99)
+                           causal: Bool = true, options: AttentionOptions? = nil, layer: Int = 0, half: Bool = false,
+                           splits: [Int] = [0, 1, 5], seed: UInt64, _ label: String) throws {
+    var step = options ?? AttentionOptions(causal: causal)
+    step.returnLSE = true
+    let q0 = Tensor.randomNormal(shape: [seqs.count, hq, nq, d], seed: seed &+ 99)
+    // The queries in the step's layout (bshd: [B, Nq, Hq, D]); the reference runs in bhsd.
+    let q = step.layout == .bhsd ? q0 : Tensor(shape: [seqs.count, nq, hq, d]) { p in
+      for b in 0..<seqs.count { for i in 0..<nq { for h in 0..<hq { for x in 0..<d { p[((b * nq + i) * hq + h) * d + x] = q0[b, h, i, x] } } } }
+    }
     let lengths = mirrors.map(\.length)
     let maxLen = max(1, lengths.max()!)
     let kv = mirrors.map { $0.tensors(paddedTo: maxLen, roundToHalf: half) }
-    let opts = AttentionOptions(causal: causal, keyLengths: lengths, returnLSE: true)
-    let ref = try FlashAttention().attention(queries: q, keys: batched(kv.map(\.0)), values: batched(kv.map(\.1)), options: opts)
+    var opts = step
+    opts.layout = .bhsd
+    opts.keyLengths = lengths
+    var ref = try FlashAttention().attention(queries: q0, keys: batched(kv.map(\.0)), values: batched(kv.map(\.1)), options: opts)
+    if step.layout == .bshd {
+      let o = ref.output
+      ref.output = Tensor(shape: [seqs.count, nq, hq, dv]) { p in
+        for b in 0..<seqs.count { for i in 0..<nq { for h in 0..<hq { for x in 0..<dv { p[((b * nq + i) * hq + h) * dv + x] = o[b, h, i, x] } } } }
+      }
+    }
     for s in splits {
-      let r = try SplitKVAttention(splits: s).attention(queries: q, cache: cache, layer: layer, sequences: seqs,
-                                                       options: AttentionOptions(causal: causal, returnLSE: true))
+      let r = try SplitKVAttention(splits: s).attention(queries: q, cache: cache, layer: layer, sequences: seqs, options: step)
       let err = relativeError(r.output, ref.output)
       #expect(err <= 1e-5, "\(label): output error \(err) splits \(s) lengths \(lengths) seed \(seed)")
       #expect(worstRelative(r.lse!, ref.lse!.scalars.map(Double.init)).error <= 1e-5, "\(label): lse, splits \(s)")
@@ -132,6 +146,32 @@ struct PagedKVCacheTests {
     let q = Tensor.randomNormal(shape: [1, hq, 1, d], seed: 1)
     let r = try SplitKVAttention().attention(queries: q, cache: cache, layer: 0, sequences: [seqs[5]], options: AttentionOptions(returnLSE: true))
     #expect(r.output.scalars.allSatisfy { $0 == 0 } && r.lse!.scalars.allSatisfy { $0 == .infinity })
+  }
+
+  @Test func maskingOptionsOverPages() throws {
+    let seed = testSeed()
+    let cache = try PagedKVCache(.init(kvHeads: hkv, headDim: d, valueDim: dv, pageSize: 16, pageCount: 128, storage: .float16))
+    var seqs: [PagedKVCache.SequenceID] = []
+    var mirrors: [Mirror] = []
+    for (i, n) in [300, 57, 1000].enumerated() {
+      let s = cache.createSequence()
+      var m = Mirror(hkv: hkv, d: d, dv: dv)
+      let (k, v) = randomKV(n, seed: seed + UInt64(i * 3))
+      try cache.append(s, keys: k, values: v)
+      m.append(k, v)
+      seqs.append(s)
+      mirrors.append(m)
+    }
+    let slopes = Tensor(shape: [3, hq]) { p in for i in p.indices { p[i] = Float(i % 5 + 1) * 0.01 } }
+    let cases: [(String, AttentionOptions)] = [
+      ("window", AttentionOptions(causal: true, window: AttentionWindow(left: 40, right: nil))),
+      ("softcap + alibi [B, Hq]", AttentionOptions(causal: true, softcap: 3, alibiSlopes: slopes)),
+      ("top-left", AttentionOptions(causal: true, alignment: .topLeft)),
+      ("bshd, scale, two-sided window", AttentionOptions(scale: 0.05, window: AttentionWindow(left: 100, right: 7), layout: .bshd)),
+    ]
+    for (label, o) in cases {
+      try expectDecodeMatches(cache, seqs, mirrors, nq: 4, options: o, half: true, seed: seed, label)
+    }
   }
 
   @Test func forksShareThenCopyOnWrite() throws {
