@@ -76,7 +76,9 @@ struct DecodeBenchSelectionCLITests {
     ]
     for (args, needle) in cases {
       let context = args.contains("--context") ? [] : ["--context", "1000"]
-      let r = try runSubq(["decode-bench", "--peak-bandwidth", "1"].filter { _ in !args.contains("--method") } + context + args)
+      // splitkv cases get a given bandwidth (no measurement); the option is an error for the others.
+      let bandwidth = args.contains("--method") ? [] : ["--peak-bandwidth", "1"]
+      let r = try runSubq(["decode-bench"] + bandwidth + context + args)
       #expect(r.status == 2, "\(args): status \(r.status)")
       let lines = r.stderr.split(separator: "\n")
       #expect(lines.count == 1 && r.stderr.contains(needle), "\(args): stderr \(r.stderr)")
