@@ -73,7 +73,7 @@ public final class RetrievalDecoder {
     }
   }
 
-  /// The method's description and parameters (for `subq select-bench --param`).
+  /// The method's description and parameters (for `subq decode-bench --method … --param`).
   public static let info = MethodInfo(
     name: "retrieval",
     summary: "RetrievalAttention: exact attention to sink + recent tokens merged with the top-k keys found in a query-aware ANN graph",

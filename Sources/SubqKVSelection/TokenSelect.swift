@@ -434,7 +434,7 @@ public final class TokenSelectDecoder {
   /// Number of (sequence, layer) selections held.
   public var cachedSelections: Int { entries.count }
 
-  /// The decoder's description and parameters (for `subq select-bench --param`).
+  /// The decoder's description and parameters (for `subq decode-bench --method … --param`).
   public static let info = MethodInfo(
     name: "tokenselect",
     summary: TokenSelect.info.summary + ", with the selection cache",
