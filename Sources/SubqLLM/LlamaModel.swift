@@ -177,12 +177,16 @@ public struct LLMAttention: Sendable {
   public static var exact: LLMAttention { LLMAttention(method: try! FlashAttention()) }
 }
 
-/// Timings accumulated by a session.
+/// Timings accumulated by a session: wall-clock seconds, and the processor seconds of the whole
+/// process over the same intervals (all threads; unlike wall-clock time it excludes waiting for a
+/// core on a shared machine).
 public struct LLMTimings: Sendable {
   public var prefillTokens = 0
   public var prefillSeconds = 0.0
+  public var prefillCPUSeconds = 0.0
   public var decodeTokens = 0
   public var decodeSeconds = 0.0
+  public var decodeCPUSeconds = 0.0
   public init() {}
   public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(prefillTokens) / prefillSeconds : 0 }
   public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(decodeTokens) / decodeSeconds : 0 }
@@ -239,11 +243,12 @@ public final class LlamaSession: @unchecked Sendable {
 
   /// Runs one token and returns its logits.
   public func decode(_ token: Int) throws(SubqError) -> [Float] {
-    let t0 = monotonic()
+    let t0 = monotonic(), c0 = processCPUSeconds()
     let hidden = try forward([token], outputRows: 0..<1, timed: false)
     let out = logits(hidden, rows: 1)
     timings.decodeTokens += 1
     timings.decodeSeconds += monotonic() - t0
+    timings.decodeCPUSeconds += processCPUSeconds() - c0
     return out
   }
 
@@ -279,6 +284,13 @@ public final class LlamaSession: @unchecked Sendable {
 
   func monotonic() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
+  /// Processor time used by this process so far (all threads).
+  func processCPUSeconds() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
+  }
+
   /// The transformer over `tokens` at positions `position…`; returns the final-normalized hidden
   /// states of `outputRows`, `[outputRows.count, dim]`.
   func forward(_ tokens: [Int], outputRows: Range<Int>, timed: Bool = true) throws(SubqError) -> [Float] {
@@ -296,7 +308,7 @@ public final class LlamaSession: @unchecked Sendable {
     guard outputRows.lowerBound >= 0, outputRows.upperBound <= n else {
       throw .argument(op: "llm.forward", name: "outputRows", value: "\(outputRows)", reason: "must lie in 0..<\(n)")
     }
-    let t0 = monotonic()
+    let t0 = monotonic(), c0 = processCPUSeconds()
     let dim = c.dim, D = c.headDim, Hq = c.heads, Hkv = c.kvHeads, F = c.ffnDim
     let qd = Hq * D, kvd = Hkv * D
     let x = AlignedBuffer<Float>(count: n * dim)
@@ -354,6 +366,7 @@ public final class LlamaSession: @unchecked Sendable {
     if timed {
       timings.prefillTokens += n
       timings.prefillSeconds += monotonic() - t0
+      timings.prefillCPUSeconds += processCPUSeconds() - c0
     }
     return out
   }

@@ -83,9 +83,11 @@ struct GenerateCommand: ParsableCommand {
       note(String(format: "model %@: %d layers, dim %d, %d/%d heads, %@; attention %@; %@ KV cache; %d threads",
                   (model.file.path as NSString).lastPathComponent, model.config.layers, model.config.dim, model.config.heads,
                   model.config.kvHeads, formatBytes(Double(model.weightBytes)), attention, session.cachePrecision.rawValue, session.threads))
-      note(String(format: "prefill: %d tokens in %.3f s = %.1f tokens/s", t.prefillTokens, t.prefillSeconds, t.prefillTokensPerSecond))
-      note(String(format: "decode:  %d tokens in %.3f s = %.1f tokens/s (context %d → %d; stopped: %@)",
-                  t.decodeTokens, t.decodeSeconds, t.decodeTokensPerSecond, ids.count, session.position, stop))
+      note(String(format: "prefill: %d tokens in %.3f s = %.1f tokens/s (processor time %.3f s)", t.prefillTokens, t.prefillSeconds,
+                  t.prefillTokensPerSecond, t.prefillCPUSeconds))
+      note(String(format: "decode:  %d tokens in %.3f s = %.1f tokens/s (processor time %.1f ms/token; context %d → %d; stopped: %@)",
+                  t.decodeTokens, t.decodeSeconds, t.decodeTokensPerSecond,
+                  t.decodeTokens > 0 ? 1000 * t.decodeCPUSeconds / Double(t.decodeTokens) : 0, ids.count, session.position, stop))
     }
   }
 }
