@@ -71,13 +71,19 @@ def qkexp(nv):
     L.append("      q += qtStride")
     L.append("    }")
     L.append("    let h = Lane(repeating: headroom)")
-    L.append("    var fits = true")
     for v in range(nv):
         terms = [acc(r, v) for r in range(MR)]
         L.append(f"    let m{v} = vmax(vmax(vmax({terms[0]}, {terms[1]}), vmax({terms[2]}, {terms[3]})), vmax({terms[4]}, {terms[5]}))")
         L.append(f"    let s{v} = shift[{v}]")
-        L.append(f"    if any(m{v} .> s{v} + h) {{ fits = false }}")
-    L.append("    if !fits {")
+    # One test for the whole tile: how far the scores exceed shift + headroom, lane-wise max.
+    over = " , ".join(f"m{v} - s{v}" for v in range(nv))
+    def tree(xs):
+        while len(xs) > 1:
+            xs = [f"vmax({xs[i]}, {xs[i+1]})" if i + 1 < len(xs) else xs[i] for i in range(0, len(xs), 2)]
+        return xs[0]
+    L.append(f"    let excess = {tree([f'm{v} - s{v}' for v in range(nv)])}")
+    L.append("    // NaN scores compare false and pass through to the numerators; −∞ shifts give +∞ excess.")
+    L.append("    if any(excess .> h) {")
     for r in range(MR):
         L.append("      " + "; ".join(f"st[{r}*stStride + {v}] = {acc(r,v)}" for v in range(nv)))
     L.append("      " + "; ".join(f"tileMax[{v}] = m{v}" for v in range(nv)))

@@ -17,5 +17,5 @@ for v in "${variants[@]}"; do
   SUBQ_TARGET_CPU=$cpu SUBQ_SAFETY_CHECKS=$checks swift build -c release --scratch-path "$dir" --product subq >/dev/null 2>&1
   echo "== SUBQ_TARGET_CPU=$cpu SUBQ_SAFETY_CHECKS=$checks"
   "$dir/release/subq" peak | sed -n '1p;3p'
-  "$dir/release/subq" bench --n "$n" --threads 1 --repeat 3 2>/dev/null | tail -1 | awk '{print "flash N='"$n"' 1 thread: " $2 " " $3 " median, " $6 " GFLOP/s"}'
+  "$dir/release/subq" bench --n "$n" --threads 1 --repeat 3 2>/dev/null | tail -1 | awk '{print "flash N='"$n"' 1 thread: " $2 " " $3 " median, " $8 " GFLOP/s"}'
 done

@@ -26,6 +26,8 @@ public struct AttentionBench {
     public var n: Int
     public var medianSeconds: Double
     public var minSeconds: Double
+    /// Median processor time per run (all threads): on a shared machine, steadier than wall time.
+    public var cpuSeconds: Double
     /// FLOPs of exact attention on the visible pairs (4·B·Hq·N²·D non-causal, about half causal);
     /// for a ``PatternAttentionMethod``, on the pairs it attends to.
     public var flops: Double
@@ -109,7 +111,7 @@ public struct AttentionBench {
         flops = try pattern.attendedPairs(queries: d.queries, keys: d.keys, values: d.values, options: opts)
           * Double(2 * problem.headDim + 2 * problem.valueDim)
       }
-      let row = Row(n: n, medianSeconds: timing.median, minSeconds: timing.min, flops: flops,
+      let row = Row(n: n, medianSeconds: timing.median, minSeconds: timing.min, cpuSeconds: timing.medianCPU, flops: flops,
                     gflops: flops / timing.median / 1e9, peakResidentBytes: peak,
                     extraBytes: growth.map { max(0, $0 - outputBytes) }, checkError: checkError, errorVsFlash: errorVsFlash)
       rows.append(row)

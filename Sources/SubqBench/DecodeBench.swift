@@ -123,13 +123,6 @@ public struct DecodeBench {
     return rows
   }
 
-  /// Processor time used by this process so far (all threads).
-  private func processCPUSeconds() -> Double {
-    var t = timespec()
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
-    return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
-  }
-
   private func slice(_ t: Tensor, _ m: Int) -> Tensor {
     let (H, N, X) = (t.shape[0], t.shape[1], t.shape[2])
     return Tensor(shape: [H, m, X]) { p in

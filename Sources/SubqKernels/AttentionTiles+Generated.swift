@@ -85,20 +85,17 @@ extension AttentionTiles {
       q += qtStride
     }
     let h = Lane(repeating: headroom)
-    var fits = true
     let m0 = vmax(vmax(vmax(a00, a10), vmax(a20, a30)), vmax(a40, a50))
     let s0 = shift[0]
-    if any(m0 .> s0 + h) { fits = false }
     let m1 = vmax(vmax(vmax(a01, a11), vmax(a21, a31)), vmax(a41, a51))
     let s1 = shift[1]
-    if any(m1 .> s1 + h) { fits = false }
     let m2 = vmax(vmax(vmax(a02, a12), vmax(a22, a32)), vmax(a42, a52))
     let s2 = shift[2]
-    if any(m2 .> s2 + h) { fits = false }
     let m3 = vmax(vmax(vmax(a03, a13), vmax(a23, a33)), vmax(a43, a53))
     let s3 = shift[3]
-    if any(m3 .> s3 + h) { fits = false }
-    if !fits {
+    let excess = vmax(vmax(m0 - s0, m1 - s1), vmax(m2 - s2, m3 - s3))
+    // NaN scores compare false and pass through to the numerators; −∞ shifts give +∞ excess.
+    if any(excess .> h) {
       st[0*stStride + 0] = a00; st[0*stStride + 1] = a01; st[0*stStride + 2] = a02; st[0*stStride + 3] = a03
       st[1*stStride + 0] = a10; st[1*stStride + 1] = a11; st[1*stStride + 2] = a12; st[1*stStride + 3] = a13
       st[2*stStride + 0] = a20; st[2*stStride + 1] = a21; st[2*stStride + 2] = a22; st[2*stStride + 3] = a23
@@ -271,14 +268,13 @@ extension AttentionTiles {
       q += qtStride
     }
     let h = Lane(repeating: headroom)
-    var fits = true
     let m0 = vmax(vmax(vmax(a00, a10), vmax(a20, a30)), vmax(a40, a50))
     let s0 = shift[0]
-    if any(m0 .> s0 + h) { fits = false }
     let m1 = vmax(vmax(vmax(a01, a11), vmax(a21, a31)), vmax(a41, a51))
     let s1 = shift[1]
-    if any(m1 .> s1 + h) { fits = false }
-    if !fits {
+    let excess = vmax(m0 - s0, m1 - s1)
+    // NaN scores compare false and pass through to the numerators; −∞ shifts give +∞ excess.
+    if any(excess .> h) {
       st[0*stStride + 0] = a00; st[0*stStride + 1] = a01
       st[1*stStride + 0] = a10; st[1*stStride + 1] = a11
       st[2*stStride + 0] = a20; st[2*stStride + 1] = a21

@@ -78,10 +78,10 @@ struct BenchCommand: ParsableCommand {
       return
     }
     let approx = rows.contains { $0.errorVsFlash != nil }
-    var table = TextTable(header: ["N", "median", "min", "GFLOP/s", "peak RSS", "extra mem", "check err"] + (approx ? ["err vs flash"] : []),
-                          rightAligned: Set(0..<8))
+    var table = TextTable(header: ["N", "median", "min", "CPU/run", "GFLOP/s", "peak RSS", "extra mem", "check err"] + (approx ? ["err vs flash"] : []),
+                          rightAligned: Set(0..<9))
     for r in rows {
-      table.add([String(r.n), formatSeconds(r.medianSeconds), formatSeconds(r.minSeconds), String(format: "%.1f", r.gflops),
+      table.add([String(r.n), formatSeconds(r.medianSeconds), formatSeconds(r.minSeconds), formatSeconds(r.cpuSeconds), String(format: "%.1f", r.gflops),
                  formatBytes(r.peakResidentBytes), r.extraBytes.map(formatBytes) ?? "—", String(format: "%.1e", r.checkError)]
                 + (approx ? [r.errorVsFlash.map { String(format: "%.2e", $0) } ?? "—"] : []))
     }

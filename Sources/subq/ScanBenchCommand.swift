@@ -38,13 +38,6 @@ struct ScanBenchCommand: ParsableCommand {
     var cpuSecondsPerRun: Double?
   }
 
-  /// CPU time of this process, all threads, in seconds.
-  static func processCPUSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-  }
-
   func run() throws {
     let lengths = try parseLengths(n, option: "--n")
     for (name, value) in [("--repeat", `repeat`), ("--channels", channels), ("--state", state), ("--flash-heads", flashHeads), ("--flash-dim", flashDim)] where value < 1 {
@@ -80,11 +73,11 @@ struct ScanBenchCommand: ParsableCommand {
         }
         try prepared.run()  // warm-up
         var failure: SubqError? = nil
-        let cpu0 = Self.processCPUSeconds()
+        let cpu0 = processCPUSeconds()
         let timing = Timing.measure(repeats: `repeat`, warmup: 0) {
           do { try prepared.run() } catch { failure = error as? SubqError }
         }
-        let cpu = (Self.processCPUSeconds() - cpu0) / Double(timing.samples.count)
+        let cpu = (processCPUSeconds() - cpu0) / Double(timing.samples.count)
         if let failure { throw failure }
         let gbs = prepared.bytes / timing.median / 1e9
         rows.append(Row(mixer: b.name, shape: prepared.shape, n: length, medianSeconds: timing.median, minSeconds: timing.min,
