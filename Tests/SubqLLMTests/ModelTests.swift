@@ -80,9 +80,9 @@ struct ModelForwardTests {
     let toks = tokens(280, vocab: tiny.vocab, seed: seed)
     let ref = tiny.referenceLogits(toks), refHalf = tiny.referenceLogits(toks, halfKV: true)
     var runs: [[[Float]]] = []
-    for precision in KVCachePrecision.allCases {
-      let session = try LlamaSession(model: model, capacity: toks.count, threads: 2, cache: precision)
-      #expect(session.cachePrecision == precision)
+    for storage in KVStorageType.allCases {
+      let session = try LlamaSession(model: model, capacity: toks.count, threads: 2, cache: storage)
+      #expect(session.cacheStorage == storage)
       var got: [[Float]] = [try session.prefill(Array(toks[0..<200]))]
       for t in toks[200...] { got.append(try session.decode(t)) }
       runs.append(got)
