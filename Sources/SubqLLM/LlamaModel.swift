@@ -181,8 +181,23 @@ public struct LLMTimings: Sendable {
 /// attention method over the layer's Q/K/V); `decode` runs one token against the cache. Both
 /// append to the cache; `reset` empties it.
 ///
-/// The keys and values live in one ``PagedKVCache`` for all layers (one sequence, pages of
-/// `pageSize` positions, Float32 or Float16). Decode steps with an exact method run
+/// **KV cache.** The keys and values of every layer live in one ``PagedKVCache`` holding one
+/// sequence: pages of `pageSize` positions (64 by default), Float32 or Float16. The session
+/// reserves `⌈capacity / pageSize⌉` pages when it is created — ``cacheBytes`` — and never more,
+/// so a session uses at most that memory whatever it runs (untouched pages cost no physical memory
+/// where the system allocates lazily). The last page may have room past `capacity`; the session
+/// still stops at `capacity` positions. Pages are taken as positions are appended and returned by
+/// ``reset()``. The page size changes the memory layout only, not the results: decode reads the
+/// rows of one key/value head within a page contiguously (`pageSize · headDim` elements), so very
+/// small pages add page-table lookups, while the reserve rounds `capacity` up by less than a page.
+///
+/// **Context overflow.** A `prefill` or `decode` that would take the cache past `capacity`
+/// positions throws ``SubqError/argument(op:name:value:reason:)`` with op `llm.forward` and name
+/// `tokens` before it computes anything, and the cache is unchanged. Any error during a step (for
+/// example a key above 65504 for a Float16 cache, or a non-finite key) leaves the cache at its
+/// length before the step.
+///
+/// **Decode attention.** Decode steps with an exact method (`flash`, `splitkv`) run
 /// ``SplitKVAttention`` on the pages in place; see ``LLMAttention`` for the other methods.
 public final class LlamaSession: @unchecked Sendable {
   public let model: LlamaModel
@@ -199,10 +214,12 @@ public final class LlamaSession: @unchecked Sendable {
   /// - Parameters:
   ///   - capacity: positions the cache holds (at most the model's context length).
   ///   - threads: worker threads (default: all cores).
-  ///   - storage: element type of the KV cache (Float32 by default: exact; Float16 — llama.cpp's
+  ///   - attention: the prefill method and how decode steps read the cache.
+  ///   - cache: element type of the KV cache (Float32 by default: exact; Float16 — llama.cpp's
   ///     default — halves the memory and the bytes each decode step reads, rounding keys and
-  ///     values to 11 significant bits).
-  ///   - pageSize: positions per cache page (the cache reserves `⌈capacity / pageSize⌉` pages).
+  ///     values to 11 significant bits; a key or value above 65504 in magnitude makes the step
+  ///     throw).
+  ///   - pageSize: positions per cache page; the session reserves `⌈capacity / pageSize⌉` pages.
   /// - Throws: ``SubqError/argument(op:name:value:reason:)`` for a capacity outside
   ///   1…context length, threads < 1 or a page size < 1.
   public init(model: LlamaModel, capacity: Int, attention: LLMAttention = .exact, threads: Int = Parallel.defaultThreads,
@@ -226,6 +243,14 @@ public final class LlamaSession: @unchecked Sendable {
   public var cacheStorage: KVStorageType { cache.configuration.storage }
   /// Positions per cache page.
   public var pageSize: Int { cache.configuration.pageSize }
+  /// Bytes of KV cache the session reserves: `⌈capacity / pageSize⌉` pages of
+  /// `2 · layers · Hkv · pageSize · headDim` elements (SmolLM2-135M at 8192 positions: 360 MiB
+  /// in Float32, 180 MiB in Float16).
+  public var cacheBytes: Int { cache.configuration.pageCount * cache.configuration.pageBytes }
+  /// Pages the session reserves: `⌈capacity / pageSize⌉`.
+  public var cachePageCount: Int { cache.configuration.pageCount }
+  /// Pages holding positions now: `⌈position / pageSize⌉`.
+  public var cachePagesInUse: Int { cache.usedPageCount }
 
   /// Empties the cache.
   public func reset() {
@@ -304,7 +329,7 @@ public final class LlamaSession: @unchecked Sendable {
     let p0 = position
     guard p0 + n <= capacity else {
       throw .argument(op: "llm.forward", name: "tokens", value: "\(n) at position \(p0)",
-                      reason: "the context holds \(capacity) positions")
+                      reason: "the KV cache holds \(capacity) positions, \(capacity - p0) free (the session's capacity)")
     }
     for (i, t) in tokens.enumerated() where t < 0 || t >= c.vocabularySize {
       throw .argument(op: "llm.forward", name: "tokens[\(i)]", value: "\(t)", reason: "outside the vocabulary 0..<\(c.vocabularySize)")
