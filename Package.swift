@@ -123,7 +123,7 @@ let package = Package(
     .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqRing", "SubqLinear", "SubqStateSpace", "SubqDecoding", "SubqSparse", "SubqLLM", "SubqKVSelection"], swiftSettings: compute),
     /// Language models on the library: GGUF files, quantized products, BPE tokenizer, LLaMA
     /// forward pass with pluggable attention, sampling, perplexity and needle evaluation.
-    .target(name: "SubqLLM", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
+    .target(name: "SubqLLM", dependencies: ["SubqCore", "SubqKernels", "SubqAttention", "SubqDecoding"], swiftSettings: compute),
     /// Sequence-parallel exact attention (ring, tokenring, heads) over any `Communicator`; no MPI needed.
     .target(name: "SubqRing", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
     /// The AVX-512 block of the selective scan in C intrinsics (header-only, inlined into Swift).

@@ -1,6 +1,7 @@
 import Foundation
 import SubqAttention
 import SubqCore
+import SubqDecoding
 import SubqKernels
 
 /// Hyperparameters of a LLaMA-architecture model, from GGUF metadata (`<arch>.…` keys).
@@ -159,77 +160,109 @@ public final class LlamaModel: @unchecked Sendable {
   }
 }
 
-/// How a session computes attention: the method used for prefill (any registered
-/// ``AttentionMethod``) and whether decode steps use the built-in exact split-KV kernel.
-public struct LLMAttention: Sendable {
-  /// The method for prefill (and for decode unless `exactDecode`).
-  public var method: any AttentionMethod
-  /// Decode steps (one new token) use the cache's exact split-KV kernel instead of `method`.
-  /// True for `flash`; an approximate method is used for decode as well, over the cached keys.
-  public var exactDecode: Bool
-
-  public init(method: any AttentionMethod, exactDecode: Bool? = nil) {
-    self.method = method
-    self.exactDecode = exactDecode ?? (type(of: method).info.name == "flash")
-  }
-
-  /// Exact FlashAttention-2 prefill and split-KV decode.
-  public static var exact: LLMAttention { LLMAttention(method: try! FlashAttention()) }
-}
-
-/// Timings accumulated by a session.
+/// Timings accumulated by a session: wall-clock seconds, and the processor seconds of the whole
+/// process over the same intervals (all threads; unlike wall-clock time it excludes waiting for a
+/// core on a shared machine).
 public struct LLMTimings: Sendable {
   public var prefillTokens = 0
   public var prefillSeconds = 0.0
+  public var prefillCPUSeconds = 0.0
   public var decodeTokens = 0
   public var decodeSeconds = 0.0
+  public var decodeCPUSeconds = 0.0
   public init() {}
   public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(prefillTokens) / prefillSeconds : 0 }
   public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(decodeTokens) / decodeSeconds : 0 }
 }
 
-/// An inference session: a model, a KV cache and the attention method.
+/// An inference session: a model, a paged KV cache and the attention method.
 ///
 /// `prefill` runs any number of tokens in one batched pass (matrix products over all tokens, the
 /// attention method over the layer's Q/K/V); `decode` runs one token against the cache. Both
 /// append to the cache; `reset` empties it.
+///
+/// **KV cache.** The keys and values of every layer live in one ``PagedKVCache`` holding one
+/// sequence: pages of `pageSize` positions (64 by default), Float32 or Float16. The session
+/// reserves `⌈capacity / pageSize⌉` pages when it is created — ``cacheBytes`` — and never more,
+/// so a session uses at most that memory whatever it runs (untouched pages cost no physical memory
+/// where the system allocates lazily). The last page may have room past `capacity`; the session
+/// still stops at `capacity` positions. Pages are taken as positions are appended and returned by
+/// ``reset()``. The page size changes the memory layout only, not the results: decode reads the
+/// rows of one key/value head within a page contiguously (`pageSize · headDim` elements), so very
+/// small pages add page-table lookups, while the reserve rounds `capacity` up by less than a page.
+///
+/// **Context overflow.** A `prefill` or `decode` that would take the cache past `capacity`
+/// positions throws ``SubqError/argument(op:name:value:reason:)`` with op `llm.forward` and name
+/// `tokens` before it computes anything, and the cache is unchanged. Any error during a step (for
+/// example a key above 65504 for a Float16 cache, or a non-finite key) leaves the cache at its
+/// length before the step.
+///
+/// **Decode attention.** Decode steps with an exact method (`flash`, `splitkv`) run
+/// ``SplitKVAttention`` on the pages in place; see ``LLMAttention`` for the other methods.
 public final class LlamaSession: @unchecked Sendable {
   public let model: LlamaModel
   public var attention: LLMAttention
   public let threads: Int
-  let cache: any KVCacheStorage
+  /// Positions the cache holds.
+  public let capacity: Int
+  /// Positions in the cache.
+  public private(set) var position = 0
   public var timings = LLMTimings()
+  let cache: PagedKVCache
+  let sequence: PagedKVCache.SequenceID
 
   /// - Parameters:
   ///   - capacity: positions the cache holds (at most the model's context length).
   ///   - threads: worker threads (default: all cores).
+  ///   - attention: the prefill method and how decode steps read the cache.
+  ///   - cache: element type of the KV cache (Float32 by default: exact; Float16 — llama.cpp's
+  ///     default — halves the memory and the bytes each decode step reads, rounding keys and
+  ///     values to 11 significant bits; a key or value above 65504 in magnitude makes the step
+  ///     throw).
+  ///   - pageSize: positions per cache page; the session reserves `⌈capacity / pageSize⌉` pages.
   /// - Throws: ``SubqError/argument(op:name:value:reason:)`` for a capacity outside
-  ///   1…context length or threads < 1.
-  ///   - cache: element type of the KV cache (Float32 by default: exact; Float16 halves the memory
-  ///     and the bytes each decode step reads, rounding keys and values to 11 significant bits).
+  ///   1…context length, threads < 1 or a page size < 1.
   public init(model: LlamaModel, capacity: Int, attention: LLMAttention = .exact, threads: Int = Parallel.defaultThreads,
-              cache precision: KVCachePrecision = .f32) throws(SubqError) {
+              cache storage: KVStorageType = .float32, pageSize: Int = 64) throws(SubqError) {
     guard capacity >= 1 && capacity <= model.config.contextLength else {
       throw .argument(op: "llm.session", name: "context", value: "\(capacity)", reason: "must be in 1...\(model.config.contextLength) (the model's context length)")
     }
     guard threads >= 1 else { throw .argument(op: "llm.session", name: "threads", value: "\(threads)", reason: "must be at least 1") }
+    guard pageSize >= 1 else { throw .argument(op: "llm.session", name: "pageSize", value: "\(pageSize)", reason: "must be at least 1") }
     self.model = model
     self.attention = attention
     self.threads = threads
+    self.capacity = capacity
     let c = model.config
-    cache = ContiguousKVCache(layers: c.layers, queryHeads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, capacity: capacity,
-                              precision: precision)
+    cache = try PagedKVCache(.init(layers: c.layers, kvHeads: c.kvHeads, headDim: c.headDim, pageSize: pageSize,
+                                   pageCount: (capacity + pageSize - 1) / pageSize, storage: storage))
+    sequence = cache.createSequence()
   }
 
-  /// Positions in the cache.
-  public var position: Int { cache.length }
-  /// Positions the cache holds.
-  public var capacity: Int { cache.capacity }
   /// Element type of the cache.
-  public var cachePrecision: KVCachePrecision { (cache as? ContiguousKVCache)?.precision ?? .f32 }
+  public var cacheStorage: KVStorageType { cache.configuration.storage }
+  /// Positions per cache page.
+  public var pageSize: Int { cache.configuration.pageSize }
+  /// Bytes of KV cache the session reserves: `⌈capacity / pageSize⌉` pages of
+  /// `2 · layers · Hkv · pageSize · headDim` elements (SmolLM2-135M at 8192 positions: 360 MiB
+  /// in Float32, 180 MiB in Float16).
+  public var cacheBytes: Int { cache.configuration.pageCount * cache.configuration.pageBytes }
+  /// Pages the session reserves: `⌈capacity / pageSize⌉`.
+  public var cachePageCount: Int { cache.configuration.pageCount }
+  /// Pages holding positions now: `⌈position / pageSize⌉`.
+  public var cachePagesInUse: Int { cache.usedPageCount }
 
   /// Empties the cache.
-  public func reset() { cache.reset() }
+  public func reset() {
+    shrink(to: 0)
+  }
+
+  /// Drops the cached positions from `length` on.
+  func shrink(to length: Int) {
+    // Cannot throw: the sequence exists and `length` is at most its length.
+    try! cache.truncate(sequence, to: length)
+    position = length
+  }
 
   /// Runs `tokens` at the next positions and returns the logits of the last one (`[vocab]`).
   public func prefill(_ tokens: [Int]) throws(SubqError) -> [Float] {
@@ -239,11 +272,12 @@ public final class LlamaSession: @unchecked Sendable {
 
   /// Runs one token and returns its logits.
   public func decode(_ token: Int) throws(SubqError) -> [Float] {
-    let t0 = monotonic()
+    let t0 = monotonic(), c0 = processCPUSeconds()
     let hidden = try forward([token], outputRows: 0..<1, timed: false)
     let out = logits(hidden, rows: 1)
     timings.decodeTokens += 1
     timings.decodeSeconds += monotonic() - t0
+    timings.decodeCPUSeconds += processCPUSeconds() - c0
     return out
   }
 
@@ -279,16 +313,23 @@ public final class LlamaSession: @unchecked Sendable {
 
   func monotonic() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
+  /// Processor time used by this process so far (all threads).
+  func processCPUSeconds() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
+  }
+
   /// The transformer over `tokens` at positions `position…`; returns the final-normalized hidden
   /// states of `outputRows`, `[outputRows.count, dim]`.
   func forward(_ tokens: [Int], outputRows: Range<Int>, timed: Bool = true) throws(SubqError) -> [Float] {
     let c = model.config
     let n = tokens.count
     guard n >= 1 else { throw .argument(op: "llm.forward", name: "tokens", value: "[]", reason: "at least one token is needed") }
-    let p0 = cache.length
-    guard p0 + n <= cache.capacity else {
+    let p0 = position
+    guard p0 + n <= capacity else {
       throw .argument(op: "llm.forward", name: "tokens", value: "\(n) at position \(p0)",
-                      reason: "the context holds \(cache.capacity) positions")
+                      reason: "the KV cache holds \(capacity) positions, \(capacity - p0) free (the session's capacity)")
     }
     for (i, t) in tokens.enumerated() where t < 0 || t >= c.vocabularySize {
       throw .argument(op: "llm.forward", name: "tokens[\(i)]", value: "\(t)", reason: "outside the vocabulary 0..<\(c.vocabularySize)")
@@ -296,7 +337,7 @@ public final class LlamaSession: @unchecked Sendable {
     guard outputRows.lowerBound >= 0, outputRows.upperBound <= n else {
       throw .argument(op: "llm.forward", name: "outputRows", value: "\(outputRows)", reason: "must lie in 0..<\(n)")
     }
-    let t0 = monotonic()
+    let t0 = monotonic(), c0 = processCPUSeconds()
     let dim = c.dim, D = c.headDim, Hq = c.heads, Hkv = c.kvHeads, F = c.ffnDim
     let qd = Hq * D, kvd = Hkv * D
     let x = AlignedBuffer<Float>(count: n * dim)
@@ -312,48 +353,60 @@ public final class LlamaSession: @unchecked Sendable {
     for (i, t) in tokens.enumerated() { model.embedding.dequantizeRow(t, into: x.pointer + i * dim) }
     let eps = c.normEpsilon
     let rowThreads = n >= 64 ? threads : 1
+    let options = AttentionOptions(scale: Float(1 / Double(D).squareRoot()), causal: true, alignment: .bottomRight, allowNonFinite: true,
+                                   threads: threads)
+    let plan = try self.plan(newTokens: n, keys: p0 + n, options: options)
 
-    for (l, layer) in model.layers.enumerated() {
-      // Attention block.
-      layer.attnNorm.withUnsafeBufferPointer { w in
-        let wp = SendablePointer(w.baseAddress!)
-        Parallel.forEach(n, threads: rowThreads) { i, _ in rmsNorm(xp.pointer + i * dim, wp.pointer, hp.pointer + i * dim, dim, eps) }
-      }
-      let kp = kv.pointer, vp = kv.pointer + n * kvd
-      QuantizedProducts.matmul([
-        MatmulJob(w: layer.wq, x: h.pointer, ldx: dim, y: q.pointer, ldy: qd),
-        MatmulJob(w: layer.wk, x: h.pointer, ldx: dim, y: kp, ldy: kvd),
-        MatmulJob(w: layer.wv, x: h.pointer, ldx: dim, y: vp, ldy: kvd),
-      ], n: n, threads: threads)
-      rope.apply(q.pointer, rows: n, heads: Hq, threads: rowThreads)
-      rope.apply(kp, rows: n, heads: Hkv, threads: rowThreads)
-      cache.store(layer: l, position: p0, count: n, k: kp, v: vp, ld: kvd)
-      try attend(layer: l, q: q.pointer, n: n, keys: p0 + n, out: att.pointer)
-      QuantizedProducts.matmul([MatmulJob(w: layer.wo, x: att.pointer, ldx: qd, y: tmp.pointer, ldy: dim)], n: n, threads: threads)
-      addInPlace(x.pointer, tmp.pointer, n * dim)
+    // Reserve the new positions; every layer writes its keys and values there. On an error the
+    // cache goes back to its previous length.
+    try cache.extend(sequence, by: n)
+    do throws(SubqError) {
+      for (l, layer) in model.layers.enumerated() {
+        // Attention block.
+        layer.attnNorm.withUnsafeBufferPointer { w in
+          let wp = SendablePointer(w.baseAddress!)
+          Parallel.forEach(n, threads: rowThreads) { i, _ in rmsNorm(xp.pointer + i * dim, wp.pointer, hp.pointer + i * dim, dim, eps) }
+        }
+        let kp = kv.pointer, vp = kv.pointer + n * kvd
+        QuantizedProducts.matmul([
+          MatmulJob(w: layer.wq, x: h.pointer, ldx: dim, y: q.pointer, ldy: qd),
+          MatmulJob(w: layer.wk, x: h.pointer, ldx: dim, y: kp, ldy: kvd),
+          MatmulJob(w: layer.wv, x: h.pointer, ldx: dim, y: vp, ldy: kvd),
+        ], n: n, threads: threads)
+        rope.apply(q.pointer, rows: n, heads: Hq, threads: rowThreads)
+        rope.apply(kp, rows: n, heads: Hkv, threads: rowThreads)
+        try store(layer: l, at: p0, count: n, k: kp, v: vp, ld: kvd)
+        try attend(layer: l, plan: plan, q: q.pointer, n: n, keys: p0 + n, options: options, out: att.pointer)
+        QuantizedProducts.matmul([MatmulJob(w: layer.wo, x: att.pointer, ldx: qd, y: tmp.pointer, ldy: dim)], n: n, threads: threads)
+        addInPlace(x.pointer, tmp.pointer, n * dim)
 
-      // MLP block.
-      layer.ffnNorm.withUnsafeBufferPointer { w in
-        let wp = SendablePointer(w.baseAddress!)
-        Parallel.forEach(n, threads: rowThreads) { i, _ in rmsNorm(xp.pointer + i * dim, wp.pointer, hp.pointer + i * dim, dim, eps) }
+        // MLP block.
+        layer.ffnNorm.withUnsafeBufferPointer { w in
+          let wp = SendablePointer(w.baseAddress!)
+          Parallel.forEach(n, threads: rowThreads) { i, _ in rmsNorm(xp.pointer + i * dim, wp.pointer, hp.pointer + i * dim, dim, eps) }
+        }
+        let g = gate.pointer, u = gate.pointer + n * F
+        QuantizedProducts.matmul([
+          MatmulJob(w: layer.wGate, x: h.pointer, ldx: dim, y: g, ldy: F),
+          MatmulJob(w: layer.wUp, x: h.pointer, ldx: dim, y: u, ldy: F),
+        ], n: n, threads: threads)
+        let gp = SendablePointer(g), up = SendablePointer(u)
+        Parallel.forEach(n, threads: rowThreads) { i, _ in swiglu(gp.pointer + i * F, up.pointer + i * F, F) }
+        QuantizedProducts.matmul([MatmulJob(w: layer.wDown, x: g, ldx: F, y: tmp.pointer, ldy: dim)], n: n, threads: threads)
+        addInPlace(x.pointer, tmp.pointer, n * dim)
       }
-      let g = gate.pointer, u = gate.pointer + n * F
-      QuantizedProducts.matmul([
-        MatmulJob(w: layer.wGate, x: h.pointer, ldx: dim, y: g, ldy: F),
-        MatmulJob(w: layer.wUp, x: h.pointer, ldx: dim, y: u, ldy: F),
-      ], n: n, threads: threads)
-      let gp = SendablePointer(g), up = SendablePointer(u)
-      Parallel.forEach(n, threads: rowThreads) { i, _ in swiglu(gp.pointer + i * F, up.pointer + i * F, F) }
-      QuantizedProducts.matmul([MatmulJob(w: layer.wDown, x: g, ldx: F, y: tmp.pointer, ldy: dim)], n: n, threads: threads)
-      addInPlace(x.pointer, tmp.pointer, n * dim)
+    } catch {
+      shrink(to: p0)
+      throw error
     }
-    cache.commit(length: p0 + n)
+    position = p0 + n
 
     var out = [Float](repeating: 0, count: outputRows.count * dim)
     outputNorm(rows: outputRows, x: x.pointer, into: &out)
     if timed {
       timings.prefillTokens += n
       timings.prefillSeconds += monotonic() - t0
+      timings.prefillCPUSeconds += processCPUSeconds() - c0
     }
     return out
   }
@@ -364,32 +417,6 @@ public final class LlamaSession: @unchecked Sendable {
       out.withUnsafeMutableBufferPointer { o in
         for (k, i) in rows.enumerated() { rmsNorm(x + i * dim, w.baseAddress!, o.baseAddress! + k * dim, dim, eps) }
       }
-    }
-  }
-
-  /// Attention of `n` new queries (`q`: `[n, Hq·D]`) over the first `keys` cached positions
-  /// (causal: query i is at position keys − n + i), into `out` (`[n, Hq·D]`).
-  func attend(layer: Int, q: UnsafeMutablePointer<Float>, n: Int, keys: Int, out: UnsafeMutablePointer<Float>) throws(SubqError) {
-    let c = model.config
-    let D = c.headDim, Hq = c.heads
-    let scale = Float(1 / Double(D).squareRoot())
-    if n == 1 && attention.exactDecode {
-      cache.attendOne(layer: layer, count: keys, q: q, out: out, scale: scale, threads: threads)
-      return
-    }
-    // [n, Hq, D] → [1, Hq, n, D]
-    let qt = Tensor(shape: [1, Hq, n, D]) { t in
-      for hh in 0..<Hq { for i in 0..<n { (t.baseAddress! + (hh * n + i) * D).update(from: q + i * Hq * D + hh * D, count: D) } }
-    }
-    let (kt, vt) = cache.tensors(layer: layer, count: keys)
-    let options = AttentionOptions(scale: scale, causal: true, alignment: .bottomRight, allowNonFinite: true, threads: threads)
-    let result = try attention.method.attention(queries: qt, keys: kt, values: vt, options: options)
-    guard result.output.shape == [1, Hq, n, D] else {
-      throw .shape(op: "llm.attention", tensor: "output of \(type(of: attention.method).info.name)", shape: result.output.shape,
-                   reason: "expected [1, \(Hq), \(n), \(D)]")
-    }
-    result.output.withUnsafeBufferPointer { o in
-      for hh in 0..<Hq { for i in 0..<n { (out + i * Hq * D + hh * D).update(from: o.baseAddress! + (hh * n + i) * D, count: D) } }
     }
   }
 }

@@ -10,8 +10,9 @@ struct GenerateCommand: ParsableCommand {
     abstract: "Generate text with a GGUF LLaMA-family model, streaming tokens; reports prefill and decode tokens/s.",
     discussion: """
       The prompt is run in one batched prefill through the --attention method (any registered method), \
-      then tokens are decoded one at a time against the KV cache (flash: the exact split-KV decode kernel; \
-      other methods: the method itself over the cached keys). Temperature 0 is greedy decoding. \
+      then tokens are decoded one at a time against the paged KV cache (flash, splitkv: exact split-KV decoding \
+      reading the pages in place; pattern methods such as sinks: split-KV over the keys they select; other methods: \
+      the method itself over the cached keys). Temperature 0 is greedy decoding. \
       Special tokens written in the prompt (such as <|im_start|>) are recognized; --chat wraps the prompt \
       in the ChatML template of instruction-tuned models.
       """)
@@ -61,7 +62,7 @@ struct GenerateCommand: ParsableCommand {
       throw SubqError.argument(op: "generate", name: "--prompt", value: "\(ids.count) tokens",
                                reason: "longer than the context (\(capacity) positions)")
     }
-    let session = try LlamaSession(model: model, capacity: capacity, attention: att, threads: modelOptions.threadCount, cache: modelOptions.kvCache)
+    let session = try modelOptions.session(model, capacity: capacity, attention: att)
     var logits = try session.prefill(ids)
     var stream = StreamingDecoder(tok)
     let out = FileHandle.standardOutput
@@ -80,12 +81,16 @@ struct GenerateCommand: ParsableCommand {
     if !quiet {
       let t = session.timings
       note(BuildInfo.summary)
-      note(String(format: "model %@: %d layers, dim %d, %d/%d heads, %@; attention %@; %@ KV cache; %d threads",
+      note(String(format: "model %@: %d layers, dim %d, %d/%d heads, %@; attention %@; %@ KV cache of %@ (%d pages of %d positions); %d threads",
                   (model.file.path as NSString).lastPathComponent, model.config.layers, model.config.dim, model.config.heads,
-                  model.config.kvHeads, formatBytes(Double(model.weightBytes)), attention, session.cachePrecision.rawValue, session.threads))
-      note(String(format: "prefill: %d tokens in %.3f s = %.1f tokens/s", t.prefillTokens, t.prefillSeconds, t.prefillTokensPerSecond))
-      note(String(format: "decode:  %d tokens in %.3f s = %.1f tokens/s (context %d → %d; stopped: %@)",
-                  t.decodeTokens, t.decodeSeconds, t.decodeTokensPerSecond, ids.count, session.position, stop))
+                  model.config.kvHeads, formatBytes(Double(model.weightBytes)), attention, session.cacheStorage.rawValue,
+                  formatBytes(Double(session.cacheBytes)), session.cachePageCount, session.pageSize,
+                  session.threads))
+      note(String(format: "prefill: %d tokens in %.3f s = %.1f tokens/s (processor time %.3f s)", t.prefillTokens, t.prefillSeconds,
+                  t.prefillTokensPerSecond, t.prefillCPUSeconds))
+      note(String(format: "decode:  %d tokens in %.3f s = %.1f tokens/s (processor time %.1f ms/token; context %d → %d; stopped: %@)",
+                  t.decodeTokens, t.decodeSeconds, t.decodeTokensPerSecond,
+                  t.decodeTokens > 0 ? 1000 * t.decodeCPUSeconds / Double(t.decodeTokens) : 0, ids.count, session.position, stop))
     }
   }
 }

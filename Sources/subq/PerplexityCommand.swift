@@ -50,7 +50,7 @@ struct PerplexityCommand: ParsableCommand {
     let window = min(context, tokens.count)
     var results: [(String, PerplexityResult)] = []
     for (name, att) in zip(methods, configs) {
-      let session = try LlamaSession(model: model, capacity: window, attention: att, threads: modelOptions.threadCount, cache: modelOptions.kvCache)
+      let session = try modelOptions.session(model, capacity: window, attention: att)
       if !json { note("\(name): evaluating \(tokens.count) tokens, context \(window), stride \(s)…") }
       let r = try LLMEvaluation.perplexity(session: session, tokens: tokens, context: window, stride: s)
       results.append((name, r))

@@ -12,6 +12,10 @@ struct LLMCLITests {
     let r = try runSubq(["generate", "--model", url.path, "--prompt", "the low", "--max-tokens", "12", "--threads", "2"])
     #expect(r.status == 0, "\(r.stderr)")
     #expect(r.stderr.contains("prefill: 4 tokens") && r.stderr.contains("decode:  11 tokens"), "\(r.stderr)")
+    // The context is prompt + max tokens = 16 positions: 6 pages of 3.
+    let paged = try runSubq(["generate", "--model", url.path, "--prompt", "the low", "--max-tokens", "12", "--threads", "2", "--kv-page-size", "3"])
+    #expect(paged.status == 0 && paged.stderr.contains("(6 pages of 3 positions)"), "\(paged.stderr)")
+    #expect(paged.stdout == r.stdout, "the page size changed the greedy text")
     let sampled = try runSubq(["generate", "--model", url.path, "--prompt", "the low", "--max-tokens", "12", "--temperature", "0.8",
                                "--seed", "3", "--attention", "naive", "--quiet"])
     #expect(sampled.status == 0 && sampled.stderr.isEmpty, "\(sampled.stderr)")
@@ -52,6 +56,7 @@ struct LLMCLITests {
       (["generate", "--model", url.path, "--prompt", "x", "--param", "hyper.bucket=3"], "--param"),
       (["generate", "--model", url.path, "--prompt", "x", "--param", "block-q=7"], "block-q"),
       (["generate", "--model", url.path, "--prompt", "x", "--temperature", "-1"], "temperature"),
+      (["generate", "--model", url.path, "--prompt", "x", "--kv-page-size", "0"], "--kv-page-size"),
       (["perplexity", "--model", url.path, "--text", url.path + ".missing", "--context", "64"], "no such file"),
       (["perplexity", "--model", url.path, "--text", text.path, "--context", "100000"], "--context"),
       (["needle", "--model", url.path, "--context", "64", "--depths", "0.5"], "too short"),

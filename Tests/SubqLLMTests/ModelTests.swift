@@ -39,31 +39,99 @@ struct ModelForwardTests {
   }
 
   /// Prefill a prefix, then decode token by token: every step's logits match the reference at
-  /// that position (the cache, the decode attention and the positions of RoPE). With `flash` the
-  /// decode steps use the split-KV kernel (more than one chunk of keys at 300 positions); with
-  /// `naive` the method itself runs over the cached keys.
+  /// that position (the cache, the decode attention and the positions of RoPE). With `flash` and
+  /// `splitkv` the decode steps run split-KV attention on the cache's pages (`splitkv3`: three key
+  /// chunks per head, merged); with `naive` the method itself runs over keys gathered from the
+  /// pages. Page sizes of 1, 7 and 64 put positions across many pages, a page boundary inside the
+  /// prefix and inside the decoded part; 1000 puts everything in one page larger than the capacity.
   ///
   /// `headDim64` uses SmolLM2's geometry (head dimension 64, three query heads per key/value
-  /// head), which takes the decode kernel's register-blocked value path.
-  @Test(arguments: [("flash", 261, 300, false), ("naive", 5, 12, false), ("flash", 1, 9, false), ("flash", 250, 290, true)])
-  func decodeStepsMatchFloat64(method: String, prefix: Int, total: Int, headDim64: Bool) throws {
+  /// head).
+  @Test(arguments: [("flash", 261, 300, false, 64), ("naive", 5, 12, false, 7), ("flash", 1, 9, false, 1), ("flash", 250, 290, true, 7),
+                    ("splitkv3", 500, 530, false, 13), ("flash", 20, 40, true, 1000)])
+  func decodeStepsMatchFloat64(method: String, prefix: Int, total: Int, headDim64: Bool, pageSize: Int) throws {
     let seed = testSeed(12)
     let (tiny, url, dir) = try writeTinyModel({
       $0.tied = true
       $0.layers = 1
+      $0.context = 1024
       if headDim64 { $0.dim = 192; $0.heads = 3; $0.kvHeads = 1 }
     }, seed: seed)
     defer { try? FileManager.default.removeItem(at: dir) }
     let model = try LlamaModel(path: url.path)
     let toks = tokens(total, vocab: tiny.vocab, seed: seed)
     let ref = tiny.referenceLogits(toks)
-    let session = try LlamaSession(model: model, capacity: total, attention: LLMAttention(method: try AttentionMethods.make(method)), threads: 2)
+    let m: any AttentionMethod = method == "splitkv3" ? try SplitKVAttention(splits: 3) : try AttentionMethods.make(method)
+    let session = try LlamaSession(model: model, capacity: total, attention: LLMAttention(method: m), threads: 2, pageSize: pageSize)
+    #expect(session.pageSize == pageSize && session.cachePageCount == (total + pageSize - 1) / pageSize)
     var got: [[Float]] = []
     got.append(try session.prefill(Array(toks[0..<prefix])))
     for t in prefix..<total { got.append(try session.decode(toks[t])) }
     let err = relativeError(got, Array(ref[(prefix - 1)..<total]))
-    #expect(err <= Self.tolerance, "\(method): decode logits error \(err), seed \(seed)")
-    #expect(throws: SubqError.self) { try session.decode(toks[0]) }  // the cache is full
+    #expect(err <= Self.tolerance, "\(method), page size \(pageSize): decode logits error \(err), seed \(seed)")
+    #expect(session.cachePagesInUse == session.cachePageCount)
+    // The cache is full: a typed error before any work, and the session is unchanged.
+    #expect(throws: SubqError.argument(op: "llm.forward", name: "tokens", value: "1 at position \(total)",
+                                       reason: "the KV cache holds \(total) positions, 0 free (the session's capacity)")) {
+      try session.decode(toks[0])
+    }
+    #expect(session.position == total)
+  }
+
+  /// A pattern method (`sinks`: the first 2 keys and a window of 9) decodes by gathering only the
+  /// keys it selects from the pages and running split-KV over them. Prefill (the method itself)
+  /// and decode steps both match a Float64 reference restricted to those keys; the unrestricted
+  /// reference differs by far more, so the pattern is really applied in decode.
+  @Test func patternMethodDecodesOverItsKeys() throws {
+    let seed = testSeed(17)
+    let (tiny, url, dir) = try writeTinyModel({ $0.layers = 1 }, seed: seed)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let model = try LlamaModel(path: url.path)
+    let toks = tokens(60, vocab: tiny.vocab, seed: seed)
+    let S = 2, W = 9
+    let ref = tiny.referenceLogits(toks) { i in (0...i).filter { $0 < S || $0 > i - W } }
+    let full = tiny.referenceLogits(toks)
+    let session = try LlamaSession(model: model, capacity: toks.count, attention: LLMAttention(method: try SinkAttention(sinks: S, window: W)),
+                                   threads: 2, pageSize: 4)
+    var got = [[Float]](repeating: [], count: toks.count)
+    try session.prefill(Array(toks[0..<20]), logitsFor: 0..<20) { i, l in got[i] = Array(l) }
+    for i in 20..<toks.count { got[i] = try session.decode(toks[i]) }
+    let err = relativeError(got, ref), errDecode = relativeError(Array(got[20...]), Array(ref[20...]))
+    #expect(err <= Self.tolerance && errDecode <= Self.tolerance, "sinks: error \(err), decode steps \(errDecode), seed \(seed)")
+    #expect(relativeError(Array(got[20...]), Array(full[20...])) > 100 * Self.tolerance, "decode ignored the pattern")
+  }
+
+  /// Page accounting: pages are reserved for the capacity rounded up, taken as positions are
+  /// appended, and returned by `reset`; a reset session computes the same logits again (reused
+  /// pages hold no stale keys). A prefill that overflows throws before touching the cache.
+  @Test func pagesAreReservedTakenAndReturned() throws {
+    let seed = testSeed(18)
+    let (tiny, url, dir) = try writeTinyModel(seed: seed)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let model = try LlamaModel(path: url.path)
+    let c = model.config
+    #expect(throws: SubqError.argument(op: "llm.session", name: "pageSize", value: "0", reason: "must be at least 1")) {
+      try LlamaSession(model: model, capacity: 10, pageSize: 0)
+    }
+    let s = try LlamaSession(model: model, capacity: 45, threads: 2, cache: .float16, pageSize: 8)
+    #expect(s.cachePageCount == 6 && s.cachePagesInUse == 0)
+    #expect(s.cacheBytes == 6 * 2 * c.layers * c.kvHeads * 8 * c.headDim * 2)
+    let toks = tokens(45, vocab: tiny.vocab, seed: seed)
+    let first = try s.prefill(Array(toks[0..<17]))
+    #expect(s.position == 17 && s.cachePagesInUse == 3)
+    #expect(throws: SubqError.argument(op: "llm.forward", name: "tokens", value: "29 at position 17",
+                                       reason: "the KV cache holds 45 positions, 28 free (the session's capacity)")) {
+      try s.prefill(Array(toks[17...]) + [0])
+    }
+    #expect(s.position == 17 && s.cachePagesInUse == 3)
+    var last = first
+    for t in toks[17...] { last = try s.decode(t) }
+    #expect(s.position == 45 && s.cachePagesInUse == 6)
+    s.reset()
+    #expect(s.position == 0 && s.cachePagesInUse == 0)
+    #expect(try s.prefill(Array(toks[0..<17])) == first)
+    for t in toks[17..<44] { _ = try s.decode(t) }
+    #expect(try s.decode(toks[44]) == last)
   }
 
   /// A Float16 cache: prefill and decode logits match a Float64 reference whose keys and values
@@ -80,9 +148,9 @@ struct ModelForwardTests {
     let toks = tokens(280, vocab: tiny.vocab, seed: seed)
     let ref = tiny.referenceLogits(toks), refHalf = tiny.referenceLogits(toks, halfKV: true)
     var runs: [[[Float]]] = []
-    for precision in KVCachePrecision.allCases {
-      let session = try LlamaSession(model: model, capacity: toks.count, threads: 2, cache: precision)
-      #expect(session.cachePrecision == precision)
+    for storage in KVStorageType.allCases {
+      let session = try LlamaSession(model: model, capacity: toks.count, threads: 2, cache: storage)
+      #expect(session.cacheStorage == storage)
       var got: [[Float]] = [try session.prefill(Array(toks[0..<200]))]
       for t in toks[200...] { got.append(try session.decode(t)) }
       runs.append(got)

@@ -115,7 +115,9 @@ struct TinyModel {
 
   /// Logits `[n][vocab]` of every position, computed in Float64 from the recorded weights.
   /// With `halfKV`, keys (after RoPE) and values are rounded to Float16 as a Float16 cache stores them.
-  func referenceLogits(_ tokens: [Int], halfKV: Bool = false) -> [[Double]] {
+  /// Logits of every position in Float64. `visibleKeys(i)` lists the positions query i attends to
+  /// (default: causal, `0...i`), for methods that attend to a pattern of keys.
+  func referenceLogits(_ tokens: [Int], halfKV: Bool = false, visibleKeys: ((Int) -> [Int])? = nil) -> [[Double]] {
     let n = tokens.count, D = headDim, G = heads / kvHeads
     func mat(_ name: String, _ x: [Double], rows: Int, cols: Int) -> [Double] {
       let W = weights[name]!
@@ -157,11 +159,12 @@ struct TinyModel {
         var att = [Double](repeating: 0, count: heads * D)
         for hh in 0..<heads {
           let g = hh / G
-          let s = (0...i).map { j in (0..<D).reduce(0.0) { $0 + qs[i][hh * D + $1] * ks[j][g * D + $1] } / Double(D).squareRoot() }
+          let visible = visibleKeys?(i) ?? Array(0...i)
+          let s = visible.map { j in (0..<D).reduce(0.0) { $0 + qs[i][hh * D + $1] * ks[j][g * D + $1] } / Double(D).squareRoot() }
           let m = s.max()!
           let e = s.map { exp($0 - m) }
           let z = e.reduce(0, +)
-          for j in 0...i { for c in 0..<D { att[hh * D + c] += e[j] / z * vs[j][g * D + c] } }
+          for (jj, j) in visible.enumerated() { for c in 0..<D { att[hh * D + c] += e[jj] / z * vs[j][g * D + c] } }
         }
         let o = mat(p + "attn_output.weight", att, rows: dim, cols: heads * D)
         for c in 0..<dim { x[i][c] += o[c] }
