@@ -82,8 +82,10 @@ let package = Package(
     .target(name: "SubqKernels", dependencies: ["SubqCore"], swiftSettings: compute),
     /// Exact attention: the Float64 reference and FlashAttention-2.
     .target(name: "SubqAttention", dependencies: ["SubqCore", "SubqKernels"], swiftSettings: compute),
+    /// Approximate attention by hashing, sampling and hierarchical pruning: HyperAttention, HiP, ProbSparse.
+    .target(name: "SubqApproximate", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
     /// The umbrella module: re-exports every family and holds the method registry.
-    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention"], swiftSettings: compute),
+    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqApproximate"], swiftSettings: compute),
 
     // MARK: - Tools
     /// Benchmark harness, machine limits and the comparison reports behind `subq`.
@@ -98,6 +100,7 @@ let package = Package(
     .testTarget(name: "SubqCoreTests", dependencies: ["SubqCore", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqKernelsTests", dependencies: ["SubqKernels", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqAttentionTests", dependencies: ["SubqAttention", "SubqTestSupport"], swiftSettings: compute),
+    .testTarget(name: "SubqApproximateTests", dependencies: ["SubqApproximate", "SubqBench", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqCLITests", dependencies: ["subq", "SubqTestSupport"], swiftSettings: compute),
   ],
   swiftLanguageModes: [.v6]

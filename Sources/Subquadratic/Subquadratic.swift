@@ -1,4 +1,5 @@
 // Subquadratic: the umbrella module. `import Subquadratic` brings in every method family.
+@_exported import SubqApproximate
 @_exported import SubqAttention
 @_exported import SubqCore
 
@@ -8,6 +9,9 @@ public enum AttentionMethods {
   public static let all: [any AttentionMethod.Type] = [
     FlashAttention.self,
     NaiveAttention.self,
+    HyperAttention.self,
+    HiPAttention.self,
+    ProbSparseAttention.self,
   ]
 
   /// The method type registered under `name`.

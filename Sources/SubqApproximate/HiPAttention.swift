@@ -1,0 +1,430 @@
+import Foundation
+import SubqAttention
+import SubqCore
+import SubqKernels
+
+/// HiP attention: per query block, a hierarchical top-k search over key blocks, then exact
+/// attention over the selected keys plus attention sinks and a local window.
+///
+/// For each query head and each block of `block-q` consecutive queries (Lee et al. 2024, HiP:
+/// hierarchically pruned attention; implemented from the paper and the project's specification):
+///
+/// 1. **Regions.** With causal masking the block's horizon is the key after its last query's
+///    diagonal. The first `sink` keys are always attended; so is the local region from `window`
+///    keys before the block's first query up to the horizon (the diagonal part inside the block
+///    is masked per element). Everything in between is a *candidate*, cut into key blocks of
+///    `block-k` keys. Without causal masking the horizon is Nk, the local region extends `window`
+///    keys past the block's last diagonal too, and candidates lie on both sides. Candidates are
+///    visible to every query of the block, so the selection never looks ahead.
+/// 2. **Dense case.** When the candidates hold at most `k` keys, all of them are attended.
+/// 3. **Tree search.** Otherwise `n = k / block-k` blocks are chosen: the candidate blocks are
+///    split into n contiguous nodes of equal size; each round splits every node into
+///    `branching` children, scores each child by its centre key block — the maximum of `q·k` over
+///    every `stride-q`-th query of the block and every key of that block — and keeps the n
+///    best children, until every node is a single key block (⌈log_branching(candidates/n)⌉ rounds).
+/// 4. **Attention.** Exact softmax attention of each query over sinks ∪ selected blocks ∪ local
+///    region, restricted to the keys it may see, in one online softmax (``SubsetKernel``).
+///
+/// The output is exact when `k` covers every candidate (k ≥ Nk suffices). The log-sum-exp is that
+/// of the attended keys (a lower bound of the exact one).
+///
+/// Differences from the paper's code (which this implementation did not use; its licence, FSL-1.1,
+/// is not free for commercial use): scores use raw dot products without RoPE handling (apply
+/// RoPE to Q and K before calling); ties are broken by position; one mask per (query head, query
+/// block), no head groups, no mask reuse across decode steps.
+///
+/// - Complexity: O(N·(k + window + sink)·D) for attention plus
+///   O((N/block-q)·branching·k·(block-q/stride-q)·D·log(N/k)) for the search; O(N) extra memory
+///   beyond O(threads·(block-q + k)·D) scratch.
+public struct HiPAttention: KeySelectingMethod {
+  public static let info = MethodInfo(
+    name: "hip",
+    summary: "HiP: per query block, hierarchical top-k search over key blocks, then exact attention over selected + sink + local keys",
+    paper: "Lee, Park, Willette, Hwang, A Training-Free Sub-quadratic Cost Transformer Model Serving Framework With Hierarchically Pruned Attention (HiP, ICLR 2025)",
+    complexity: "O(N·(k+window+sink)·D + (N/block-q)·branching·k·(block-q/stride-q)·D·log(N/k)) time, O(N) extra memory",
+    isExact: false,
+    parameters: [
+      MethodParameter("k", default: "512", "keys selected per query block (a multiple of block-k)"),
+      MethodParameter("block-q", default: "64", "queries sharing one selection, 1...1024"),
+      MethodParameter("block-k", default: "2", "keys per selectable key block, 1...512"),
+      MethodParameter("branching", default: "2", "children per node in each round of the search, 2...16"),
+      MethodParameter("stride-q", default: "2", "score with every stride-q-th query of the block"),
+      MethodParameter("sink", default: "16", "leading keys always attended (attention sinks)"),
+      MethodParameter("window", default: "256", "recent keys before each block always attended"),
+    ],
+    supportedFeatures: ["causal", "key-lengths", "varlen"])
+
+  /// Keys selected per query block.
+  public let k: Int
+  /// Queries per block.
+  public let blockQ: Int
+  /// Keys per key block.
+  public let blockK: Int
+  /// Children per node.
+  public let branching: Int
+  /// Query stride of the scoring.
+  public let strideQ: Int
+  /// Attention-sink keys.
+  public let sink: Int
+  /// Local window keys.
+  public let window: Int
+
+  /// - Throws: ``SubqError/argument(op:name:value:reason:)`` for a parameter out of range.
+  public init(k: Int = 512, blockQ: Int = 64, blockK: Int = 2, branching: Int = 2, strideQ: Int = 2, sink: Int = 16, window: Int = 256) throws(SubqError) {
+    let op = "attention.hip"
+    guard (1...HiPPlan.scoreLanes).contains(blockK) else {
+      throw .argument(op: op, name: "block-k", value: "\(blockK)", reason: "must be in 1...\(HiPPlan.scoreLanes)")
+    }
+    guard (1...(1 << 26)).contains(k), k % blockK == 0 else {
+      throw .argument(op: op, name: "k", value: "\(k)", reason: "must be a positive multiple of block-k (\(blockK)), at most \(1 << 26)")
+    }
+    guard (1...1024).contains(blockQ) else {
+      throw .argument(op: op, name: "block-q", value: "\(blockQ)", reason: "must be in 1...1024")
+    }
+    guard (2...16).contains(branching) else {
+      throw .argument(op: op, name: "branching", value: "\(branching)", reason: "must be in 2...16")
+    }
+    guard (1...blockQ).contains(strideQ) else {
+      throw .argument(op: op, name: "stride-q", value: "\(strideQ)", reason: "must be in 1...block-q (\(blockQ))")
+    }
+    guard (0...(1 << 26)).contains(sink) else {
+      throw .argument(op: op, name: "sink", value: "\(sink)", reason: "must be in 0...\(1 << 26)")
+    }
+    guard (0...(1 << 26)).contains(window) else {
+      throw .argument(op: op, name: "window", value: "\(window)", reason: "must be in 0...\(1 << 26)")
+    }
+    self.k = k
+    self.blockQ = blockQ
+    self.blockK = blockK
+    self.branching = branching
+    self.strideQ = strideQ
+    self.sink = sink
+    self.window = window
+  }
+
+  public init(parameters: MethodParameters) throws(SubqError) {
+    let i = Self.info
+    try parameters.validate(for: i)
+    try self.init(
+      k: parameters.int("k", i), blockQ: parameters.int("block-q", i), blockK: parameters.int("block-k", i),
+      branching: parameters.int("branching", i), strideQ: parameters.int("stride-q", i),
+      sink: parameters.int("sink", i), window: parameters.int("window", i))
+  }
+
+  public var parameterValues: [String: String] {
+    ["k": "\(k)", "block-q": "\(blockQ)", "block-k": "\(blockK)", "branching": "\(branching)",
+     "stride-q": "\(strideQ)", "sink": "\(sink)", "window": "\(window)"]
+  }
+
+  public func attention(queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions) throws(SubqError) -> AttentionResult {
+    let p = try AttentionProblem.validate(op: "attention.hip", queries: queries, keys: keys, values: values, options: options)
+    try Self.info.check(options)
+    let plan = HiPPlan(p, self)
+    return RawAttention.run(p, queries: queries, keys: keys, values: values) { raw in plan.run(raw) }
+  }
+
+  /// The keys each row attends to: visible sinks, the selected blocks of its query block, and
+  /// the visible part of the local region.
+  public func selectedKeys(queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions, rows: [QueryRow]) throws(SubqError) -> [[Int]] {
+    let p = try AttentionProblem.validate(op: "attention.hip", queries: queries, keys: keys, values: values, options: options)
+    try Self.info.check(options)
+    let plan = HiPPlan(p, self)
+    var result: [[Int]] = []
+    for r in rows {
+      guard r.batch >= 0, r.batch < p.batch, r.head >= 0, r.head < p.queryHeads, r.row >= 0, r.row < p.queryLength else {
+        throw .argument(op: "attention.hip", name: "row", value: "\(r)", reason: "outside the queries \([p.batch, p.queryHeads, p.queryLength])")
+      }
+      guard let si = p.sequenceIndex(batch: r.batch, row: r.row) else {
+        result.append([])
+        continue
+      }
+      let keys: [Int] = queries.withUnsafeBufferPointer { qb in
+        keys.withUnsafeBufferPointer { kb in
+          values.withUnsafeBufferPointer { vb in
+            let none = AlignedBuffer<Float>(count: 2)  // selection writes no output
+            let raw = RawAttention(p, q: qb.baseAddress!, k: kb.baseAddress!, v: vb.baseAddress!, out: none.pointer, lse: none.pointer + 1)
+            return plan.selectedKeys(raw, sequence: si, head: r.head, row: r.row - p.sequences[si].queryStart)
+          }
+        }
+      }
+      result.append(keys)
+    }
+    return result
+  }
+}
+
+/// The key regions of one query block (sequence-local positions).
+struct HiPRegions {
+  /// Local query rows of the block.
+  var rows: Range<Int>
+  /// Sinks `0..<sinkEnd`, local region `localStart..<localEnd`.
+  var sinkEnd: Int
+  var localStart: Int
+  var localEnd: Int
+  /// Candidate key ranges, before and after the local region.
+  var before: Range<Int>
+  var after: Range<Int>
+  var blockK: Int
+  /// Candidate key blocks in each range.
+  var blocksBefore: Int { (before.count + blockK - 1) / blockK }
+  var blocksAfter: Int { (after.count + blockK - 1) / blockK }
+  var blockCount: Int { blocksBefore + blocksAfter }
+  var candidateKeys: Int { before.count + after.count }
+
+  /// The keys of candidate block `c`.
+  @inline(__always) func keys(ofBlock c: Int) -> Range<Int> {
+    if c < blocksBefore {
+      let s = before.lowerBound + c * blockK
+      return s..<min(s + blockK, before.upperBound)
+    }
+    let s = after.lowerBound + (c - blocksBefore) * blockK
+    return s..<min(s + blockK, after.upperBound)
+  }
+}
+
+struct HiPPlan: Sendable {
+  let p: AttentionProblem
+  let m: HiPAttention
+  let kernel: SubsetKernel
+  /// Rep keys scored per pass.
+  static let scoreLanes = 512
+  let selectFloats: Int
+  let scratchFloats: Int
+
+  init(_ p: AttentionProblem, _ m: HiPAttention) {
+    self.p = p
+    self.m = m
+    kernel = SubsetKernel(headDim: p.headDim, valueDim: p.valueDim, rows: m.blockQ)
+    // Kᵀ of the scored keys [D][lanes], the score tile [6][lanes], the per-key maxima.
+    selectFloats = (p.headDim + 6 + 1) * HiPPlan.scoreLanes
+    let maxKeys = p.sequences.map(\.keyCount).max() ?? 0
+    let gathered = min(m.k, maxKeys)
+    scratchFloats = kernel.scratchFloats + selectFloats + gathered * (p.headDim + p.valueDim) + 64
+  }
+
+  func regions(_ seq: AttentionSequence, block b: Int) -> HiPRegions {
+    let q0 = b * m.blockQ, q1 = min(q0 + m.blockQ, seq.queryCount)
+    let nk = seq.keyCount, off = seq.offset
+    let horizon = p.causal ? min(max(q1 - 1 + off + 1, 0), nk) : nk
+    let sinkEnd = min(m.sink, horizon)
+    let localStart = min(max(q0 + off + 1 - m.window, sinkEnd), horizon)
+    let localEnd = p.causal ? horizon : min(max(q1 - 1 + off + m.window, localStart), nk)
+    return HiPRegions(rows: q0..<q1, sinkEnd: sinkEnd, localStart: localStart, localEnd: localEnd,
+                      before: sinkEnd..<localStart, after: localEnd..<horizon, blockK: m.blockK)
+  }
+
+  /// The selected candidate blocks of a query block, sorted by position.
+  ///
+  /// - Parameters:
+  ///   - scratch: `selectFloats` floats.
+  ///   - nodes: room for `branching · n` nodes.
+  func select(
+    _ raw: RawAttention, _ seq: AttentionSequence, head h: Int, _ r: HiPRegions,
+    scratch: UnsafeMutablePointer<Float>, nodes: UnsafeMutablePointer<ScoredNode>, into selected: inout [Int32]
+  ) {
+    selected.removeAll(keepingCapacity: true)
+    let nc = r.blockCount
+    if r.candidateKeys <= m.k {
+      for c in 0..<nc { selected.append(Int32(c)) }
+      return
+    }
+    let n = m.k / m.blockK
+    let D = p.headDim
+    let g = p.kvHead(h)
+    // Initial nodes: n contiguous runs of (nearly) equal size.
+    var count = n
+    for i in 0..<n {
+      let lo = i * nc / n, hi = (i + 1) * nc / n
+      nodes[i] = ScoredNode(lo: Int32(lo), size: Int32(hi - lo), score: .nan)
+    }
+    // Scoring queries: every stride-q-th row of the block.
+    let qRows = Array(stride(from: r.rows.lowerBound, to: r.rows.upperBound, by: m.strideQ))
+    let lanesMax = HiPPlan.scoreLanes
+    let kt = scratch, st = scratch + D * lanesMax, maxes = st + 6 * lanesMax
+    let ktL = UnsafeMutableRawPointer(kt).assumingMemoryBound(to: Lane.self)
+    let stL = UnsafeMutableRawPointer(st).assumingMemoryBound(to: Lane.self)
+    let mxL = UnsafeMutableRawPointer(maxes).assumingMemoryBound(to: Lane.self)
+    let children = nodes + n  // children are built after the current nodes
+
+    while true {
+      // Branch.
+      var nChildren = 0
+      var split = false
+      for i in 0..<count {
+        let node = nodes[i]
+        let size = Int(node.size)
+        if size == 1 {
+          children[nChildren] = node
+          nChildren += 1
+          continue
+        }
+        split = true
+        let parts = min(m.branching, size)
+        for c in 0..<parts {
+          let lo = Int(node.lo) + c * size / parts, hi = Int(node.lo) + (c + 1) * size / parts
+          children[nChildren] = ScoredNode(lo: Int32(lo), size: Int32(hi - lo), score: .nan)
+          nChildren += 1
+        }
+      }
+      if !split { break }
+      // Score every child without a score by its centre block, in passes of `lanesMax` keys.
+      var c = 0
+      while c < nChildren {
+        // Collect children whose centre blocks fit in this pass.
+        var lanes = 0
+        var cEnd = c
+        while cEnd < nChildren {
+          let node = children[cEnd]
+          if !node.score.isNaN { cEnd += 1; continue }
+          let keys = r.keys(ofBlock: Int(node.lo) + Int(node.size) / 2)
+          if lanes + keys.count > lanesMax { break }
+          lanes += keys.count
+          cEnd += 1
+        }
+        // Pack Kᵀ of those keys.
+        var lane = 0
+        for x in c..<cEnd where children[x].score.isNaN {
+          let node = children[x]
+          for j in r.keys(ofBlock: Int(node.lo) + Int(node.size) / 2) {
+            let kr = raw.key(seq, g, j)
+            for d in 0..<D { kt[d * lanesMax + lane] = kr[d] }
+            lane += 1
+          }
+        }
+        // Pad to whole tiles (the padding lanes score 0 and are never read).
+        let width = AttentionTiles.width
+        let padded = (lanes + width - 1) / width * width
+        for x in lanes..<padded { for d in 0..<D { kt[d * lanesMax + x] = 0 } }
+        let vectors = padded / laneWidth, ld = lanesMax / laneWidth
+        for x in 0..<vectors { mxL[x] = Lane(repeating: -.infinity) }
+        // maxes[lane] = max over the scoring queries of q·k, six queries per tile.
+        var qi = 0
+        while qi < qRows.count {
+          let last = qRows.count - 1
+          let q0 = raw.query(seq, h, qRows[min(qi, last)]), q1 = raw.query(seq, h, qRows[min(qi + 1, last)])
+          let q2 = raw.query(seq, h, qRows[min(qi + 2, last)]), q3 = raw.query(seq, h, qRows[min(qi + 3, last)])
+          let q4 = raw.query(seq, h, qRows[min(qi + 4, last)]), q5 = raw.query(seq, h, qRows[min(qi + 5, last)])
+          for x in stride(from: 0, to: vectors, by: tileVectors) {
+            AttentionTiles.qkTile(q0, q1, q2, q3, q4, q5, depth: D, qt: ktL + x, qtStride: ld,
+                                  st: stL + x, stStride: ld, rowMax: mxL + x, updateMax: true)
+          }
+          qi += 6
+        }
+        // Child score: the maximum over its centre block's keys (NaN inputs rank last).
+        lane = 0
+        for x in c..<cEnd where children[x].score.isNaN {
+          let keys = r.keys(ofBlock: Int(children[x].lo) + Int(children[x].size) / 2)
+          var s = -Float.infinity
+          for _ in keys {
+            let v = maxes[lane]
+            if v > s { s = v }
+            lane += 1
+          }
+          children[x].score = s
+        }
+        c = cEnd
+      }
+      // Prune to the n best children.
+      selectTop(children, count: nChildren, n)
+      count = min(n, nChildren)
+      for i in 0..<count { nodes[i] = children[i] }
+    }
+    for i in 0..<count { selected.append(nodes[i].lo) }
+    selected.sort()
+  }
+
+  func run(_ raw: RawAttention) {
+    let D = p.headDim, Dv = p.valueDim
+    let Hq = p.queryHeads
+    // Work items: (sequence, head, block), later (heavier) blocks first.
+    var items: [(seq: Int32, head: Int32, block: Int32)] = []
+    for (si, seq) in p.sequences.enumerated() where seq.queryCount > 0 && seq.keyCount > 0 {
+      let nb = (seq.queryCount + m.blockQ - 1) / m.blockQ
+      for b in stride(from: nb - 1, through: 0, by: -1) {
+        for h in 0..<Hq { items.append((Int32(si), Int32(h), Int32(b))) }
+      }
+    }
+    let work = items
+    let workers = Parallel.workers(for: work.count, threads: p.threads)
+    let scratch = AlignedBuffer<Float>(count: workers * scratchFloats)
+    let n = m.k / m.blockK
+    let nodeCount = (m.branching + 1) * n
+    let nodeBuffer = UnsafeMutablePointer<ScoredNode>.allocate(capacity: workers * nodeCount)
+    defer { nodeBuffer.deallocate() }
+    let sp = SendablePointer(scratch.pointer), np = SendablePointer(nodeBuffer)
+    let sf = scratchFloats, kernel = self.kernel, selectFloats = self.selectFloats
+
+    Parallel.forEach(work.count, threads: workers) { ii, worker in
+      let item = work[ii]
+      let seq = p.sequences[Int(item.seq)]
+      let h = Int(item.head), g = p.kvHead(h)
+      let r = regions(seq, block: Int(item.block))
+      if r.rows.isEmpty { return }
+      let s = sp.pointer + worker * sf
+      var selected: [Int32] = []
+      selected.reserveCapacity(n)
+      select(raw, seq, head: h, r, scratch: s + kernel.scratchFloats, nodes: np.pointer + worker * nodeCount, into: &selected)
+      // Gather the selected blocks' keys and values.
+      let kg = s + kernel.scratchFloats + selectFloats
+      var count = 0
+      var last = Int.min
+      for c in selected {
+        for j in r.keys(ofBlock: Int(c)) {
+          (kg + count * D).update(from: raw.key(seq, g, j), count: D)
+          count += 1
+          last = j
+        }
+      }
+      let vg = kg + count * D
+      count = 0
+      for c in selected {
+        for j in r.keys(ofBlock: Int(c)) {
+          (vg + count * Dv).update(from: raw.value(seq, g, j), count: Dv)
+          count += 1
+        }
+      }
+      _ = last
+      let off = seq.offset
+      let q0 = r.rows.lowerBound
+      let causal = p.causal
+      let minLimit = kernel.begin(s, rows: r.rows.count, scale: p.scale, query: { raw.query(seq, h, q0 + $0) },
+                                  limit: { causal ? q0 + $0 + off : Int.max })
+      if r.sinkEnd > 0 {
+        kernel.attend(s, k: raw.key(seq, g, 0), ldk: raw.ldk, v: raw.value(seq, g, 0), ldv: raw.ldv, count: r.sinkEnd,
+                      positions: causal ? { $0 } : nil, minLimit: minLimit)
+      }
+      if count > 0 {
+        kernel.attend(s, k: kg, ldk: D, v: vg, ldv: Dv, count: count, positions: nil, minLimit: minLimit)
+      }
+      let nLocal = r.localEnd - r.localStart
+      if nLocal > 0 {
+        let ls = r.localStart
+        kernel.attend(s, k: raw.key(seq, g, ls), ldk: raw.ldk, v: raw.value(seq, g, ls), ldv: raw.ldv, count: nLocal,
+                      positions: causal ? { ls + $0 } : nil, minLimit: minLimit)
+      }
+      kernel.finish(s, rows: r.rows.count, merge: false) { i in
+        (raw.output(seq, h, q0 + i), raw.lseSlot(seq, h, q0 + i))
+      }
+    }
+    withExtendedLifetime(scratch) {}
+  }
+
+  /// Sorted absolute key rows attended by sequence-local query row `i` of head `h`.
+  func selectedKeys(_ raw: RawAttention, sequence si: Int, head h: Int, row i: Int) -> [Int] {
+    let seq = p.sequences[si]
+    if seq.keyCount == 0 { return [] }
+    let r = regions(seq, block: i / m.blockQ)
+    let scratch = AlignedBuffer<Float>(count: selectFloats)
+    let n = m.k / m.blockK
+    let nodes = UnsafeMutablePointer<ScoredNode>.allocate(capacity: (m.branching + 1) * n)
+    defer { nodes.deallocate() }
+    var selected: [Int32] = []
+    select(raw, seq, head: h, r, scratch: scratch.pointer, nodes: nodes, into: &selected)
+    let limit = p.causal ? i + seq.offset : Int.max
+    var keys: [Int] = []
+    for j in 0..<r.sinkEnd where j <= limit { keys.append(j) }
+    for c in selected { for j in r.keys(ofBlock: Int(c)) { keys.append(j) } }
+    for j in r.localStart..<r.localEnd where j <= limit { keys.append(j) }
+    return keys.sorted().map { seq.keyStart + $0 }
+  }
+}
