@@ -82,8 +82,10 @@ let package = Package(
     .target(name: "SubqKernels", dependencies: ["SubqCore"], swiftSettings: compute),
     /// Exact attention: the Float64 reference and FlashAttention-2.
     .target(name: "SubqAttention", dependencies: ["SubqCore", "SubqKernels"], swiftSettings: compute),
+    /// A software prefetch hint for kernels that read rows at random (Swift has none).
+    .target(name: "SubqPrefetch"),
     /// Approximate attention by hashing, sampling and hierarchical pruning: HyperAttention, HiP, ProbSparse.
-    .target(name: "SubqApproximate", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
+    .target(name: "SubqApproximate", dependencies: ["SubqCore", "SubqKernels", "SubqAttention", "SubqPrefetch"], swiftSettings: compute),
     /// The umbrella module: re-exports every family and holds the method registry.
     .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqApproximate"], swiftSettings: compute),
 

@@ -45,10 +45,10 @@ public struct HiPAttention: KeySelectingMethod {
     isExact: false,
     parameters: [
       MethodParameter("k", default: "512", "keys selected per query block (a multiple of block-k)"),
-      MethodParameter("block-q", default: "64", "queries sharing one selection, 1...1024"),
+      MethodParameter("block-q", default: "128", "queries sharing one selection, 1...1024 (the paper's code: 64)"),
       MethodParameter("block-k", default: "2", "keys per selectable key block, 1...512"),
       MethodParameter("branching", default: "2", "children per node in each round of the search, 2...16"),
-      MethodParameter("stride-q", default: "2", "score with every stride-q-th query of the block"),
+      MethodParameter("stride-q", default: "4", "score with every stride-q-th query of the block (the paper's code: 2)"),
       MethodParameter("sink", default: "16", "leading keys always attended (attention sinks)"),
       MethodParameter("window", default: "256", "recent keys before each block always attended"),
     ],
@@ -70,7 +70,7 @@ public struct HiPAttention: KeySelectingMethod {
   public let window: Int
 
   /// - Throws: ``SubqError/argument(op:name:value:reason:)`` for a parameter out of range.
-  public init(k: Int = 512, blockQ: Int = 64, blockK: Int = 2, branching: Int = 2, strideQ: Int = 2, sink: Int = 16, window: Int = 256) throws(SubqError) {
+  public init(k: Int = 512, blockQ: Int = 128, blockK: Int = 2, branching: Int = 2, strideQ: Int = 4, sink: Int = 16, window: Int = 256) throws(SubqError) {
     let op = "attention.hip"
     guard (1...HiPPlan.scoreLanes).contains(blockK) else {
       throw .argument(op: op, name: "block-k", value: "\(blockK)", reason: "must be in 1...\(HiPPlan.scoreLanes)")
@@ -189,17 +189,21 @@ struct HiPPlan: Sendable {
   /// Rep keys scored per pass.
   static let scoreLanes = 512
   let selectFloats: Int
+  /// Room for gathered keys (at most k).
+  let gatherRows: Int
   let scratchFloats: Int
 
   init(_ p: AttentionProblem, _ m: HiPAttention) {
     self.p = p
     self.m = m
     kernel = SubsetKernel(headDim: p.headDim, valueDim: p.valueDim, rows: m.blockQ)
-    // Kᵀ of the scored keys [D][lanes], the score tile [6][lanes], the per-key maxima.
-    selectFloats = (p.headDim + 6 + 1) * HiPPlan.scoreLanes
+    // Qᵀ of the scoring queries [D][lanes], the score tile [6][lanes], the scored keys' maxima
+    // and indices.
+    let lanesS = ((m.blockQ + m.strideQ - 1) / m.strideQ + 2 * laneWidth - 1) / (2 * laneWidth) * (2 * laneWidth)
+    selectFloats = (p.headDim + 6) * lanesS + HiPPlan.scoreLanes * 2 + 6 * p.headDim
     let maxKeys = p.sequences.map(\.keyCount).max() ?? 0
-    let gathered = min(m.k, maxKeys)
-    scratchFloats = kernel.scratchFloats + selectFloats + gathered * (p.headDim + p.valueDim) + 64
+    gatherRows = min(m.k, maxKeys)
+    scratchFloats = kernel.scratchFloats + selectFloats + gatherRows * (p.headDim + p.valueDim) + 64
   }
 
   func regions(_ seq: AttentionSequence, block b: Int) -> HiPRegions {
@@ -219,7 +223,7 @@ struct HiPPlan: Sendable {
   ///   - scratch: `selectFloats` floats.
   ///   - nodes: room for `branching · n` nodes.
   func select(
-    _ raw: RawAttention, _ seq: AttentionSequence, head h: Int, _ r: HiPRegions,
+    _ raw: RawAttention, _ keys16: BF16Keys, _ seq: AttentionSequence, head h: Int, _ r: HiPRegions,
     scratch: UnsafeMutablePointer<Float>, nodes: UnsafeMutablePointer<ScoredNode>, into selected: inout [Int32]
   ) {
     selected.removeAll(keepingCapacity: true)
@@ -237,13 +241,20 @@ struct HiPPlan: Sendable {
       let lo = i * nc / n, hi = (i + 1) * nc / n
       nodes[i] = ScoredNode(lo: Int32(lo), size: Int32(hi - lo), score: .nan)
     }
-    // Scoring queries: every stride-q-th row of the block.
-    let qRows = Array(stride(from: r.rows.lowerBound, to: r.rows.upperBound, by: m.strideQ))
-    let lanesMax = HiPPlan.scoreLanes
-    let kt = scratch, st = scratch + D * lanesMax, maxes = st + 6 * lanesMax
-    let ktL = UnsafeMutableRawPointer(kt).assumingMemoryBound(to: Lane.self)
+    // Scoring queries: every stride-q-th row of the block, packed transposed (Qᵀ [D][lanes]),
+    // padded with copies of the last one so that the padding never changes a maximum.
+    let nS = (r.rows.count + m.strideQ - 1) / m.strideQ
+    let lanesS = (nS + 2 * laneWidth - 1) / (2 * laneWidth) * (2 * laneWidth)
+    let vecS = lanesS / laneWidth
+    let qt = scratch, st = qt + D * lanesS, maxes = st + 6 * lanesS
+    let keyIndex = UnsafeMutableRawPointer(maxes + HiPPlan.scoreLanes).assumingMemoryBound(to: Int32.self)
+    let kw = maxes + 2 * HiPPlan.scoreLanes  // six widened key rows
+    for x in 0..<lanesS {
+      let qr = raw.query(seq, h, r.rows.lowerBound + min(x, nS - 1) * m.strideQ)
+      for d in 0..<D { qt[d * lanesS + x] = qr[d] }
+    }
+    let qtL = UnsafeMutableRawPointer(qt).assumingMemoryBound(to: Lane.self)
     let stL = UnsafeMutableRawPointer(st).assumingMemoryBound(to: Lane.self)
-    let mxL = UnsafeMutableRawPointer(maxes).assumingMemoryBound(to: Lane.self)
     let children = nodes + n  // children are built after the current nodes
 
     while true {
@@ -267,60 +278,57 @@ struct HiPPlan: Sendable {
         }
       }
       if !split { break }
-      // Score every child without a score by its centre block, in passes of `lanesMax` keys.
+      // Score every child without a score by its centre block, in passes of up to `scoreLanes`
+      // keys, read in place.
       var c = 0
       while c < nChildren {
-        // Collect children whose centre blocks fit in this pass.
-        var lanes = 0
+        var rows = 0
         var cEnd = c
         while cEnd < nChildren {
           let node = children[cEnd]
           if !node.score.isNaN { cEnd += 1; continue }
           let keys = r.keys(ofBlock: Int(node.lo) + Int(node.size) / 2)
-          if lanes + keys.count > lanesMax { break }
-          lanes += keys.count
+          if rows + keys.count > HiPPlan.scoreLanes { break }
+          for j in keys {
+            keyIndex[rows] = Int32(j)
+            rows += 1
+          }
           cEnd += 1
         }
-        // Pack Kᵀ of those keys.
-        var lane = 0
-        for x in c..<cEnd where children[x].score.isNaN {
-          let node = children[x]
-          for j in r.keys(ofBlock: Int(node.lo) + Int(node.size) / 2) {
-            let kr = raw.key(seq, g, j)
-            for d in 0..<D { kt[d * lanesMax + lane] = kr[d] }
-            lane += 1
+        // maxes[j] = max over the scoring queries of q·k_j, six keys per tile.
+        do {
+          // Rows are scattered over the whole key range: prefetch two groups ahead so that
+          // their cache misses overlap the tiles.
+          for j in 0..<min(12, rows) { prefetchRow(keys16.row(seq, g, Int(keyIndex[j])), D) }
+          var jt = 0
+          while jt < rows {
+            for j in stride(from: jt + 12, to: min(jt + 18, rows), by: 1) { prefetchRow(keys16.row(seq, g, Int(keyIndex[j])), D) }
+            let last = rows - 1
+            // Widen the six rows into a small Float32 tile, then score it.
+            for t in 0..<6 { widenRow(kw + t * D, keys16.row(seq, g, Int(keyIndex[min(jt + t, last)])), D) }
+            for x in stride(from: 0, to: vecS, by: 2) {
+              AttentionTiles.qkTile2(kw, kw + D, kw + 2 * D, kw + 3 * D, kw + 4 * D, kw + 5 * D, depth: D, qt: qtL + x,
+                                     qtStride: vecS, st: stL + x, stStride: vecS, rowMax: stL, updateMax: false)
+            }
+            for t in 0..<min(6, rows - jt) {
+              var mx = stL[t * vecS]
+              for x in 1..<vecS { mx = vmax(mx, stL[t * vecS + x]) }
+              maxes[jt + t] = maxLanes(mx)
+            }
+            jt += 6
           }
-        }
-        // Pad to whole tiles (the padding lanes score 0 and are never read).
-        let width = AttentionTiles.width
-        let padded = (lanes + width - 1) / width * width
-        for x in lanes..<padded { for d in 0..<D { kt[d * lanesMax + x] = 0 } }
-        let vectors = padded / laneWidth, ld = lanesMax / laneWidth
-        for x in 0..<vectors { mxL[x] = Lane(repeating: -.infinity) }
-        // maxes[lane] = max over the scoring queries of q·k, six queries per tile.
-        var qi = 0
-        while qi < qRows.count {
-          let last = qRows.count - 1
-          let q0 = raw.query(seq, h, qRows[min(qi, last)]), q1 = raw.query(seq, h, qRows[min(qi + 1, last)])
-          let q2 = raw.query(seq, h, qRows[min(qi + 2, last)]), q3 = raw.query(seq, h, qRows[min(qi + 3, last)])
-          let q4 = raw.query(seq, h, qRows[min(qi + 4, last)]), q5 = raw.query(seq, h, qRows[min(qi + 5, last)])
-          for x in stride(from: 0, to: vectors, by: tileVectors) {
-            AttentionTiles.qkTile(q0, q1, q2, q3, q4, q5, depth: D, qt: ktL + x, qtStride: ld,
-                                  st: stL + x, stStride: ld, rowMax: mxL + x, updateMax: true)
-          }
-          qi += 6
         }
         // Child score: the maximum over its centre block's keys (NaN inputs rank last).
-        lane = 0
+        var lane = 0
         for x in c..<cEnd where children[x].score.isNaN {
           let keys = r.keys(ofBlock: Int(children[x].lo) + Int(children[x].size) / 2)
-          var s = -Float.infinity
+          var sc = -Float.infinity
           for _ in keys {
             let v = maxes[lane]
-            if v > s { s = v }
+            if v > sc { sc = v }
             lane += 1
           }
-          children[x].score = s
+          children[x].score = sc
         }
         c = cEnd
       }
@@ -334,14 +342,16 @@ struct HiPPlan: Sendable {
   }
 
   func run(_ raw: RawAttention) {
+    let keys16 = BF16Keys(raw)
     let D = p.headDim, Dv = p.valueDim
     let Hq = p.queryHeads
-    // Work items: (sequence, head, block), later (heavier) blocks first.
+    // Work items: (sequence, head, block), head by head so that a head's keys stay in cache,
+    // later (heavier) blocks first within a head.
     var items: [(seq: Int32, head: Int32, block: Int32)] = []
     for (si, seq) in p.sequences.enumerated() where seq.queryCount > 0 && seq.keyCount > 0 {
       let nb = (seq.queryCount + m.blockQ - 1) / m.blockQ
-      for b in stride(from: nb - 1, through: 0, by: -1) {
-        for h in 0..<Hq { items.append((Int32(si), Int32(h), Int32(b))) }
+      for h in 0..<Hq {
+        for b in stride(from: nb - 1, through: 0, by: -1) { items.append((Int32(si), Int32(h), Int32(b))) }
       }
     }
     let work = items
@@ -352,7 +362,7 @@ struct HiPPlan: Sendable {
     let nodeBuffer = UnsafeMutablePointer<ScoredNode>.allocate(capacity: workers * nodeCount)
     defer { nodeBuffer.deallocate() }
     let sp = SendablePointer(scratch.pointer), np = SendablePointer(nodeBuffer)
-    let sf = scratchFloats, kernel = self.kernel, selectFloats = self.selectFloats
+    let sf = scratchFloats, kernel = self.kernel, selectFloats = self.selectFloats, gatherRows = self.gatherRows
 
     Parallel.forEach(work.count, threads: workers) { ii, worker in
       let item = work[ii]
@@ -363,27 +373,18 @@ struct HiPPlan: Sendable {
       let s = sp.pointer + worker * sf
       var selected: [Int32] = []
       selected.reserveCapacity(n)
-      select(raw, seq, head: h, r, scratch: s + kernel.scratchFloats, nodes: np.pointer + worker * nodeCount, into: &selected)
-      // Gather the selected blocks' keys and values.
+      select(raw, keys16, seq, head: h, r, scratch: s + kernel.scratchFloats, nodes: np.pointer + worker * nodeCount, into: &selected)
+      // Gather the selected blocks' keys and values (values after room for k keys).
       let kg = s + kernel.scratchFloats + selectFloats
+      let vg = kg + gatherRows * D
       var count = 0
-      var last = Int.min
       for c in selected {
         for j in r.keys(ofBlock: Int(c)) {
-          (kg + count * D).update(from: raw.key(seq, g, j), count: D)
-          count += 1
-          last = j
-        }
-      }
-      let vg = kg + count * D
-      count = 0
-      for c in selected {
-        for j in r.keys(ofBlock: Int(c)) {
-          (vg + count * Dv).update(from: raw.value(seq, g, j), count: Dv)
+          copyRow(kg + count * D, raw.key(seq, g, j), D)
+          copyRow(vg + count * Dv, raw.value(seq, g, j), Dv)
           count += 1
         }
       }
-      _ = last
       let off = seq.offset
       let q0 = r.rows.lowerBound
       let causal = p.causal
@@ -419,7 +420,7 @@ struct HiPPlan: Sendable {
     let nodes = UnsafeMutablePointer<ScoredNode>.allocate(capacity: (m.branching + 1) * n)
     defer { nodes.deallocate() }
     var selected: [Int32] = []
-    select(raw, seq, head: h, r, scratch: scratch.pointer, nodes: nodes, into: &selected)
+    select(raw, BF16Keys(raw), seq, head: h, r, scratch: scratch.pointer, nodes: nodes, into: &selected)
     let limit = p.causal ? i + seq.offset : Int.max
     var keys: [Int] = []
     for j in 0..<r.sinkEnd where j <= limit { keys.append(j) }

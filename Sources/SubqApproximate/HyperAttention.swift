@@ -359,16 +359,16 @@ struct HyperPlan: Sendable {
         let nBlock = kr.count
         for j in 0..<nBlock {
           let key = part.k0 + Int(permk[kr.lowerBound + j])
-          (kg + j * D).update(from: raw.key(seq, g, key), count: D)
-          (vg + j * Dv).update(from: raw.value(seq, g, key), count: Dv)
+          copyRow(kg + j * D, raw.key(seq, g, key), D)
+          copyRow(vg + j * Dv, raw.value(seq, g, key), Dv)
         }
         var nSample = 0
         if S > 0 {
           let lo = lowerBound(smp, S, kr.lowerBound), hi = lowerBound(smp, S, kr.upperBound)
           for x in 0..<S where x < lo || x >= hi {
             let key = part.k0 + Int(permk[Int(smp[x])])
-            (kg + (nBlock + nSample) * D).update(from: raw.key(seq, g, key), count: D)
-            (vg + (nBlock + nSample) * Dv).update(from: raw.value(seq, g, key), count: Dv)
+            copyRow(kg + (nBlock + nSample) * D, raw.key(seq, g, key), D)
+            copyRow(vg + (nBlock + nSample) * Dv, raw.value(seq, g, key), Dv)
             nSample += 1
           }
         }

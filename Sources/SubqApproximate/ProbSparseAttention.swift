@@ -12,8 +12,10 @@ import SubqKernels
 /// 1. `U = c·⌈ln Nk⌉` and `u = c·⌈ln Nq⌉` (each at least c, at most Nk and Nq), c = `factor`.
 /// 2. **Sparsity measure.** For every query, `U` keys drawn uniformly with replacement give
 ///    `M(q) = max_t q·k_t − (1/U)·Σ_t q·k_t`, the paper's max-minus-mean (Informer's code divides
-///    the sampled sum by Nk instead of U). The sample positions depend on the query position and
-///    the seed only, so all heads share them, as in Informer.
+///    the sampled sum by Nk instead of U). The sample depends on the query positions and the
+///    seed only, so all heads share it, as in Informer; unlike Informer, groups of 64
+///    consecutive queries share one sample, which turns U scattered key reads per query into one
+///    small matrix product per group.
 /// 3. **Selection.** Non-causal: the u queries with the largest M. Causal: the queries are cut
 ///    into u consecutive chunks and each chunk keeps its query with the largest M, where M is
 ///    measured on keys visible to the chunk's first query (that sees any key). Informer ranks all
@@ -126,54 +128,115 @@ struct ProbSparsePlan: Sendable {
     (c * seq.queryCount / u)..<((c + 1) * seq.queryCount / u)
   }
 
-  /// The number of keys the measure of query `i` samples from (0: the query sees no key).
-  func sampleRange(_ seq: AttentionSequence, _ i: Int, u: Int) -> Int {
-    if !p.causal { return seq.keyCount }
-    if visible(seq, i) == 0 { return 0 }
-    // The chunk holding i (chunk c is [⌊c·nq/u⌋, ⌊(c+1)·nq/u⌋)), and its first query that sees a key.
-    let c = ((i + 1) * u - 1) / seq.queryCount
-    let firstSeeing = max(c * seq.queryCount / u, -seq.offset)
-    return visible(seq, firstSeeing)
+  /// Query groups sharing one key sample, with the number of keys it is drawn from (from
+  /// `0..<range`): runs of up to `groupSize` queries, inside one causal chunk when causal, where
+  /// `range` is what the chunk's first query that sees a key can see.
+  func sampleGroups(_ seq: AttentionSequence) -> [(rows: Range<Int>, range: Int)] {
+    let G = ProbSparsePlan.groupSize
+    var groups: [(rows: Range<Int>, range: Int)] = []
+    if !p.causal {
+      for a in stride(from: 0, to: seq.queryCount, by: G) { groups.append((a..<min(a + G, seq.queryCount), seq.keyCount)) }
+      return groups
+    }
+    let u = m.budget(seq.queryCount)
+    for c in 0..<u {
+      let ch = chunk(seq, c, of: u)
+      let first = max(ch.lowerBound, -seq.offset)
+      let range = first < ch.upperBound ? visible(seq, first) : 0
+      for a in stride(from: ch.lowerBound, to: ch.upperBound, by: G) { groups.append((a..<min(a + G, ch.upperBound), range)) }
+    }
+    return groups
   }
 
-  /// The sparsity measure of every query row, `[sequence][head][row]` flattened.
+  /// Queries per shared key sample.
+  static let groupSize = 64
+  /// Sampled keys gathered at a time.
+  static let sampleRows = 384
+
+  /// The sparsity measure of every query row, `[sequence][head][row]` flattened (−∞ for rows
+  /// that see no key).
+  ///
+  /// The queries of a group share one sample of U keys (Informer draws one per query); each
+  /// query's M is still the max-minus-mean of its scores over U uniform keys, and sharing turns
+  /// U scattered key reads per query into a small matrix product per group.
   func measure(_ raw: RawAttention) -> [Float] {
     let Hq = p.queryHeads
     var offsets: [Int] = []
     var total = 0
     for seq in p.sequences { offsets.append(total); total += seq.queryCount * Hq }
     var result = [Float](repeating: -.infinity, count: total)
-    let chunk = 512
-    var tasks: [(seq: Int, head: Int, start: Int)] = []
+    var tasks: [(seq: Int32, head: Int32, rows: Range<Int>, range: Int)] = []
     for (si, seq) in p.sequences.enumerated() where seq.keyCount > 0 {
-      for h in 0..<Hq { for s in stride(from: 0, to: seq.queryCount, by: chunk) { tasks.append((si, h, s)) } }
+      let groups = sampleGroups(seq)
+      for h in 0..<Hq { for gr in groups where gr.range > 0 { tasks.append((Int32(si), Int32(h), gr.rows, gr.range)) } }
     }
     let work = tasks, offs = offsets
     let D = p.headDim
+    let G = ProbSparsePlan.groupSize, R = ProbSparsePlan.sampleRows
+    let lanes = G / laneWidth, TV = tileVectors
+    let scratchFloats = D * G + 6 * G + 2 * G + R * D + 64
+    let workers = Parallel.workers(for: work.count, threads: p.threads)
+    let scratch = AlignedBuffer<Float>(count: workers * scratchFloats)
+    let sp = SendablePointer(scratch.pointer)
     result.withUnsafeMutableBufferPointer { rb in
       let out = SendablePointer(rb.baseAddress!)
-      Parallel.forEach(work.count, threads: p.threads) { ti, _ in
-        let (si, h, start) = work[ti]
+      Parallel.forEach(work.count, threads: workers) { ti, worker in
+        let (si, h, rows, range) = (Int(work[ti].seq), Int(work[ti].head), work[ti].rows, work[ti].range)
         let seq = p.sequences[si]
         let g = p.kvHead(h)
-        let u = m.budget(seq.queryCount), U = m.budget(seq.keyCount)
-        let base = out.pointer + offs[si] + h * seq.queryCount
-        for i in start..<min(start + chunk, seq.queryCount) {
-          let range = sampleRange(seq, i, u: u)
-          if range == 0 { base[i] = -.infinity; continue }
-          var gen = SeededGenerator(seed: mixSeed(m.seed, si, i))
-          let q = raw.query(seq, h, i)
-          var mx = -Float.infinity, sum: Float = 0
-          for _ in 0..<U {
-            let s = dot(q, raw.key(seq, g, uniformIndex(range, &gen)), D)
-            mx = max(mx, s)
-            sum += s
+        let U = m.budget(seq.keyCount)
+        let qt = sp.pointer + worker * scratchFloats, st = qt + D * G, acc = st + 6 * G, kb = acc + 2 * G
+        let qtL = UnsafeMutableRawPointer(qt).assumingMemoryBound(to: Lane.self)
+        let stL = UnsafeMutableRawPointer(st).assumingMemoryBound(to: Lane.self)
+        let mx = UnsafeMutableRawPointer(acc).assumingMemoryBound(to: Lane.self), sm = mx + lanes
+        for x in 0..<G {
+          if x < rows.count {
+            let qr = raw.query(seq, h, rows.lowerBound + x)
+            for d in 0..<D { qt[d * G + x] = qr[d] }
+          } else {
+            for d in 0..<D { qt[d * G + x] = 0 }
           }
-          let v = mx - sum / Float(U)
-          base[i] = v.isNaN ? -.infinity : v
+        }
+        for x in 0..<lanes {
+          mx[x] = Lane(repeating: -.infinity)
+          sm[x] = Lane()
+        }
+        var gen = SeededGenerator(seed: mixSeed(m.seed, si, rows.lowerBound))
+        var done = 0
+        while done < U {
+          let n = min(R, U - done)
+          for j in 0..<n { copyRow(kb + j * D, raw.key(seq, g, uniformIndex(range, &gen)), D) }
+          var jt = 0
+          while jt < n {
+            let last = n - 1
+            let k0 = kb + min(jt, last) * D, k1 = kb + min(jt + 1, last) * D, k2 = kb + min(jt + 2, last) * D
+            let k3 = kb + min(jt + 3, last) * D, k4 = kb + min(jt + 4, last) * D, k5 = kb + min(jt + 5, last) * D
+            for t in stride(from: 0, to: lanes, by: TV) {
+              AttentionTiles.qkTile(k0, k1, k2, k3, k4, k5, depth: D, qt: qtL + t, qtStride: lanes,
+                                    st: stL + t, stStride: lanes, rowMax: mx + t, updateMax: false)
+            }
+            for r in 0..<min(6, n - jt) {
+              for x in 0..<lanes {
+                let v = stL[r * lanes + x]
+                mx[x] = vmax(mx[x], v)
+                sm[x] += v
+              }
+            }
+            jt += 6
+          }
+          done += n
+        }
+        let base = out.pointer + offs[si] + h * seq.queryCount
+        let mxF = UnsafeMutableRawPointer(mx).assumingMemoryBound(to: Float.self)
+        let smF = UnsafeMutableRawPointer(sm).assumingMemoryBound(to: Float.self)
+        for x in 0..<rows.count {
+          let i = rows.lowerBound + x
+          let v = mxF[x] - smF[x] / Float(U)
+          base[i] = visible(seq, i) == 0 || v.isNaN ? -.infinity : v
         }
       }
     }
+    withExtendedLifetime(scratch) {}
     return result
   }
 

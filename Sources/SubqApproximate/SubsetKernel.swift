@@ -239,10 +239,40 @@ struct SubsetKernel: Sendable {
   }
 }
 
-/// Copies rows `src(j)` (width floats each) into `dst` with row stride `width`.
+/// The largest lane of `v`, by a halving tree (no scalar loop through memory).
 @inline(__always)
-func gatherRows(_ dst: UnsafeMutablePointer<Float>, width: Int, count: Int, _ src: (Int) -> UnsafePointer<Float>) {
-  for j in 0..<count {
-    (dst + j * width).update(from: src(j), count: width)
+func maxLanes(_ v: Lane) -> Float {
+  #if SUBQ_AVX512
+  let a = v.lowHalf, b = v.highHalf
+  let m8 = a.replacing(with: b, where: a .< b)
+  #else
+  let m8 = v
+  #endif
+  let c = m8.lowHalf, d = m8.highHalf
+  let m4 = c.replacing(with: d, where: c .< d)
+  let e = m4.lowHalf, f = m4.highHalf
+  let m2 = e.replacing(with: f, where: e .< f)
+  return m2[0] < m2[1] ? m2[1] : m2[0]
+}
+
+/// Copies `count` floats from `src` to `dst` with vector loads and stores (rows of a few hundred
+/// bytes: a `memmove` call per row costs more than the copy).
+@inline(__always)
+func copyRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ count: Int) {
+  let w = laneWidth
+  var i = 0
+  while i + 2 * w <= count {
+    let a = loadLane(src + i), b = loadLane(src + i + w)
+    storeLane(a, dst + i)
+    storeLane(b, dst + i + w)
+    i += 2 * w
+  }
+  while i + w <= count {
+    storeLane(loadLane(src + i), dst + i)
+    i += w
+  }
+  while i < count {
+    dst[i] = src[i]
+    i += 1
   }
 }

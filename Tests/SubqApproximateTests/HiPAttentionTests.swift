@@ -146,7 +146,7 @@ import Testing
     expectError(.argument(op: op, name: "block-k", value: "0", reason: "must be in 1...512")) { _ = try HiPAttention(blockK: 0) }
     expectError(.argument(op: op, name: "block-q", value: "2000", reason: "must be in 1...1024")) { _ = try HiPAttention(blockQ: 2000) }
     expectError(.argument(op: op, name: "branching", value: "1", reason: "must be in 2...16")) { _ = try HiPAttention(branching: 1) }
-    expectError(.argument(op: op, name: "stride-q", value: "65", reason: "must be in 1...block-q (64)")) { _ = try HiPAttention(strideQ: 65) }
+    expectError(.argument(op: op, name: "stride-q", value: "65", reason: "must be in 1...block-q (64)")) { _ = try HiPAttention(blockQ: 64, strideQ: 65) }
     expectError(.argument(op: op, name: "sink", value: "-1", reason: "must be in 0...67108864")) { _ = try HiPAttention(sink: -1) }
     expectError(.argument(op: op, name: "window", value: "x", reason: "not an integer")) {
       _ = try HiPAttention(parameters: MethodParameters(["window": "x"]))
