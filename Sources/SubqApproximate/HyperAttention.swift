@@ -209,6 +209,9 @@ struct HyperPlan: Sendable {
     add(HyperPart(seq: si, q0: q0 + h1, nq: n - h1, k0: k0, nk: h1), group: depth)
   }
 
+  /// Key blocks per work item: they share one gather of the part's samples.
+  static let blocksPerItem = 8
+
   /// Whether a part uses hashing and sampling (otherwise it is exact).
   func isApproximate(_ part: HyperPart) -> Bool { part.nq >= m.minLength && part.nk > m.blockSize }
   func blockCount(_ part: HyperPart) -> Int { (part.nk + m.blockSize - 1) / m.blockSize }
@@ -279,14 +282,15 @@ struct HyperPlan: Sendable {
 
     // 3. The non-causal parts, group by group.
     let maxKeys = p.sequences.map(\.keyCount).max() ?? 0
-    let gatherRows = min(m.blockSize, maxKeys) + m.sampleSize
+    let blockRows = min(m.blockSize, maxKeys)
     let kernel = SubsetKernel(headDim: D, valueDim: Dv, rows: HyperAttention.queryBlock)
-    let scratchFloats = kernel.scratchFloats + gatherRows * (D + Dv) + 64
+    let scratchFloats = kernel.scratchFloats + (blockRows + m.sampleSize) * (D + Dv) + 64
+    let blocksPerItem = HyperPlan.blocksPerItem
     let workers = threads
     let scratch = AlignedBuffer<Float>(count: workers * scratchFloats)
     let sp = SendablePointer(scratch.pointer)
     let exactChunk = 4 * HyperAttention.queryBlock
-    let B = m.blockSize, S = m.sampleSize
+    let S = m.sampleSize
 
     for (gi, parts) in groups.enumerated() where !parts.isEmpty {
       // Offsets of each (part, head) in the permutation and sample buffers.
@@ -304,7 +308,8 @@ struct HyperPlan: Sendable {
             sOff[pi * Hq + h] = ts; ts += S
             sortTasks.append((pi, h))
           }
-          let n = approx ? blockCount(part) : (part.nq + exactChunk - 1) / exactChunk
+          // Approximate: runs of key blocks sharing one gather of the samples.
+          let n = approx ? (blockCount(part) + blocksPerItem - 1) / blocksPerItem : (part.nq + exactChunk - 1) / exactChunk
           for t in 0..<n { items.append((Int32(pi), Int32(h), Int32(t))) }
         }
       }
@@ -350,43 +355,48 @@ struct HyperPlan: Sendable {
         }
         let slot = pi * Hq + h
         let permq = pq.pointer + qOffs[slot], permk = pk.pointer + kOffs[slot], smp = ps.pointer + sOffs[slot]
-        let qr = queryRange(part, t)
-        if qr.isEmpty { return }
-        let kr = keyRange(part, t)
-        // Gather the block's keys, then the samples outside the block, into scratch.
+        // Scratch: the block's keys and values, then the part's samples (in sample order, so the
+        // samples of key block t are one contiguous range).
         let kg = s + kernel.scratchFloats
-        let vg = kg + gatherRows * D
-        let nBlock = kr.count
-        for j in 0..<nBlock {
-          let key = part.k0 + Int(permk[kr.lowerBound + j])
-          copyRow(kg + j * D, raw.key(seq, g, key), D)
-          copyRow(vg + j * Dv, raw.value(seq, g, key), Dv)
-        }
-        var nSample = 0
-        if S > 0 {
-          let lo = lowerBound(smp, S, kr.lowerBound), hi = lowerBound(smp, S, kr.upperBound)
-          for x in 0..<S where x < lo || x >= hi {
-            let key = part.k0 + Int(permk[Int(smp[x])])
-            copyRow(kg + (nBlock + nSample) * D, raw.key(seq, g, key), D)
-            copyRow(vg + (nBlock + nSample) * Dv, raw.value(seq, g, key), Dv)
-            nSample += 1
-          }
+        let vg = kg + blockRows * D
+        let ks = vg + blockRows * Dv
+        let vs = ks + S * D
+        for x in 0..<S {
+          let key = part.k0 + Int(permk[Int(smp[x])])
+          copyRow(ks + x * D, raw.key(seq, g, key), D)
+          copyRow(vs + x * Dv, raw.value(seq, g, key), Dv)
         }
         let weight = Float(Double(part.nk) / Double(max(S, 1)))
-        for sb in stride(from: qr.lowerBound, to: qr.upperBound, by: QB) {
-          let rows = min(QB, qr.upperBound - sb)
-          _ = kernel.begin(s, rows: rows, scale: p.scale, query: { raw.query(seq, h, part.q0 + Int(permq[sb + $0])) }, limit: { _ in 0 })
-          kernel.attend(s, k: kg, ldk: D, v: vg, ldv: Dv, count: nBlock, positions: nil, minLimit: 0)
-          if nSample > 0 {
-            kernel.attend(s, k: kg + nBlock * D, ldk: D, v: vg + nBlock * Dv, ldv: Dv, count: nSample,
-                          positions: nil, minLimit: 0, weight: weight)
+        for t in (t * blocksPerItem)..<min((t + 1) * blocksPerItem, blockCount(part)) {
+          let qr = queryRange(part, t)
+          if qr.isEmpty { continue }
+          let kr = keyRange(part, t)
+          let nBlock = kr.count
+          for j in 0..<nBlock {
+            let key = part.k0 + Int(permk[kr.lowerBound + j])
+            copyRow(kg + j * D, raw.key(seq, g, key), D)
+            copyRow(vg + j * Dv, raw.value(seq, g, key), Dv)
           }
-          kernel.finish(s, rows: rows, merge: true) { i in
-            let row = part.q0 + Int(permq[sb + i])
-            return (raw.output(seq, h, row), raw.lseSlot(seq, h, row))
+          // Samples outside the block: [0, lo) and [hi, S).
+          let lo = S > 0 ? lowerBound(smp, S, kr.lowerBound) : 0
+          let hi = S > 0 ? lowerBound(smp, S, kr.upperBound) : 0
+          for sb in stride(from: qr.lowerBound, to: qr.upperBound, by: QB) {
+            let rows = min(QB, qr.upperBound - sb)
+            _ = kernel.begin(s, rows: rows, scale: p.scale, query: { raw.query(seq, h, part.q0 + Int(permq[sb + $0])) }, limit: { _ in 0 })
+            kernel.attend(s, k: kg, ldk: D, v: vg, ldv: Dv, count: nBlock, positions: nil, minLimit: 0)
+            if lo > 0 {
+              kernel.attend(s, k: ks, ldk: D, v: vs, ldv: Dv, count: lo, positions: nil, minLimit: 0, weight: weight)
+            }
+            if hi < S {
+              kernel.attend(s, k: ks + hi * D, ldk: D, v: vs + hi * Dv, ldv: Dv, count: S - hi, positions: nil,
+                            minLimit: 0, weight: weight)
+            }
+            kernel.finish(s, rows: rows, merge: true) { i in
+              let row = part.q0 + Int(permq[sb + i])
+              return (raw.output(seq, h, row), raw.lseSlot(seq, h, row))
+            }
           }
         }
-        _ = B
       }
       withExtendedLifetime(permQ) {}
       withExtendedLifetime(permK) {}
