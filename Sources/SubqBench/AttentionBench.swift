@@ -38,6 +38,9 @@ public struct AttentionBench {
     /// For approximate methods: relative Frobenius error of the whole output against exact
     /// `flash` on the same inputs.
     public var errorVsFlash: Double?
+    /// For approximate methods: wall time of that one exact `flash` run (default parameters,
+    /// same inputs, options and threads), for the speed-up in the same run.
+    public var flashSeconds: Double? = nil
   }
 
   public let method: any AttentionMethod
@@ -70,8 +73,11 @@ public struct AttentionBench {
       let checkError = relativeError(got, ref.output)
 
       var errorVsFlash: Double? = nil
+      var flashSeconds: Double? = nil
       if !info.isExact {
+        let t0 = monotonicSeconds()
         let exact = try FlashAttention().attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+        flashSeconds = monotonicSeconds() - t0
         errorVsFlash = relativeError(first.output, exact.output.scalars.map(Double.init))
       }
 
@@ -92,7 +98,8 @@ public struct AttentionBench {
       let flops = problem.flops
       let row = Row(n: n, medianSeconds: timing.median, minSeconds: timing.min, flops: flops,
                     gflops: flops / timing.median / 1e9, peakResidentBytes: peak,
-                    extraBytes: max(0, peak - base - outputBytes), checkError: checkError, errorVsFlash: errorVsFlash)
+                    extraBytes: max(0, peak - base - outputBytes), checkError: checkError, errorVsFlash: errorVsFlash,
+                    flashSeconds: flashSeconds)
       rows.append(row)
       progress(row)
     }
