@@ -46,14 +46,14 @@ import SubqKernels
 ///   no mask reuse across decode steps.
 ///
 /// - Complexity: O(N·(k + window + sink)·D) for attention plus
-///   O((N/block-q)·branching·k·(block-q/stride-q)·D·log(N/k)) for the search; O(N) extra memory
-///   beyond O(threads·(block-q + k)·D) scratch.
+///   O((N/block-q)·branching·k·(block-q/stride-q)·D·log(N/k)) for the search; extra memory a
+///   bfloat16 copy of the keys (half their size) and O(threads·(block-q + k)·D) scratch.
 public struct HiPAttention: KeySelectingMethod {
   public static let info = MethodInfo(
     name: "hip",
     summary: "HiP: per query block, hierarchical top-k search over key blocks, then exact attention over selected + sink + local keys",
     paper: "Lee, Park, Lee, Suh, Kim et al., A Training-Free Sub-quadratic Cost Transformer Model Serving Framework with Hierarchically Pruned Attention (HiP; arXiv 2406.09827, ICLR 2025)",
-    complexity: "O(N·(k+window+sink)·D + (N/block-q)·branching·k·(block-q/stride-q)·D·log(N/k)) time, O(N) extra memory",
+    complexity: "O(N·(k+window+sink)·D + (N/block-q)·branching·k·(block-q/stride-q)·D·log(N/k)) time; extra memory a bfloat16 copy of K (half its size)",
     isExact: false,
     parameters: [
       MethodParameter("k", default: "512", "keys selected per query block (a multiple of block-k)"),
@@ -141,27 +141,10 @@ public struct HiPAttention: KeySelectingMethod {
     let p = try AttentionProblem.validate(op: "attention.hip", queries: queries, keys: keys, values: values, options: options)
     try Self.info.check(options)
     let plan = HiPPlan(p, self)
-    var result: [[Int]] = []
-    for r in rows {
-      guard r.batch >= 0, r.batch < p.batch, r.head >= 0, r.head < p.queryHeads, r.row >= 0, r.row < p.queryLength else {
-        throw .argument(op: "attention.hip", name: "row", value: "\(r)", reason: "outside the queries \([p.batch, p.queryHeads, p.queryLength])")
-      }
-      guard let si = p.sequenceIndex(batch: r.batch, row: r.row) else {
-        result.append([])
-        continue
-      }
-      let keys: [Int] = queries.withUnsafeBufferPointer { qb in
-        keys.withUnsafeBufferPointer { kb in
-          values.withUnsafeBufferPointer { vb in
-            let none = AlignedBuffer<Float>(count: 2)  // selection writes no output
-            let raw = RawAttention(p, q: qb.baseAddress!, k: kb.baseAddress!, v: vb.baseAddress!, out: none.pointer, lse: none.pointer + 1)
-            return plan.selectedKeys(raw, sequence: si, head: r.head, row: r.row - p.sequences[si].queryStart)
-          }
-        }
-      }
-      result.append(keys)
+    return try RawAttention.selection(p, queries: queries, keys: keys, values: values, rows: rows) { raw in
+      let keys16 = BF16Keys(raw), cache = HiPSelectionCache()
+      return { si, h, i in plan.selectedKeys(raw, keys16, cache, sequence: si, head: h, row: i) }
     }
-    return result
   }
 }
 
@@ -203,6 +186,9 @@ struct HiPPlan: Sendable {
   let selectFloats: Int
   /// Room for gathered keys (at most k).
   let gatherRows: Int
+  /// Room for the search's nodes and children: the search runs only when there are more
+  /// candidate blocks than n = k / block-k, so n < Nk.
+  let nodeCapacity: Int
   let scratchFloats: Int
 
   init(_ p: AttentionProblem, _ m: HiPAttention) {
@@ -215,6 +201,7 @@ struct HiPPlan: Sendable {
     selectFloats = (p.headDim + 6) * lanesS + HiPPlan.scoreLanes * 2 + 6 * p.headDim
     let maxKeys = p.sequences.map(\.keyCount).max() ?? 0
     gatherRows = min(m.k, maxKeys)
+    nodeCapacity = (m.branching + 1) * min(m.k / m.blockK, maxKeys)
     scratchFloats = kernel.scratchFloats + selectFloats + gatherRows * (p.headDim + p.valueDim) + 64
   }
 
@@ -369,8 +356,7 @@ struct HiPPlan: Sendable {
     let work = items
     let workers = Parallel.workers(for: work.count, threads: p.threads)
     let scratch = AlignedBuffer<Float>(count: workers * scratchFloats)
-    let n = m.k / m.blockK
-    let nodeCount = (m.branching + 1) * n
+    let nodeCount = nodeCapacity
     let nodeBuffer = UnsafeMutablePointer<ScoredNode>.allocate(capacity: workers * nodeCount)
     defer { nodeBuffer.deallocate() }
     let sp = SendablePointer(scratch.pointer), np = SendablePointer(nodeBuffer)
@@ -384,7 +370,7 @@ struct HiPPlan: Sendable {
       if r.rows.isEmpty { return }
       let s = sp.pointer + worker * sf
       var selected: [Int32] = []
-      selected.reserveCapacity(n)
+      selected.reserveCapacity(nodeCount / (m.branching + 1))
       select(raw, keys16, seq, head: h, r, scratch: s + kernel.scratchFloats, nodes: np.pointer + worker * nodeCount, into: &selected)
       // Gather the selected blocks' keys and values (values after room for k keys).
       let kg = s + kernel.scratchFloats + selectFloats
@@ -423,21 +409,30 @@ struct HiPPlan: Sendable {
   }
 
   /// Sorted absolute key rows attended by sequence-local query row `i` of head `h`.
-  func selectedKeys(_ raw: RawAttention, sequence si: Int, head h: Int, row i: Int) -> [Int] {
+  func selectedKeys(_ raw: RawAttention, _ keys16: BF16Keys, _ cache: HiPSelectionCache, sequence si: Int, head h: Int, row i: Int) -> [Int] {
     let seq = p.sequences[si]
     if seq.keyCount == 0 { return [] }
-    let r = regions(seq, block: i / m.blockQ)
-    let scratch = AlignedBuffer<Float>(count: selectFloats)
-    let n = m.k / m.blockK
-    let nodes = UnsafeMutablePointer<ScoredNode>.allocate(capacity: (m.branching + 1) * n)
-    defer { nodes.deallocate() }
-    var selected: [Int32] = []
-    select(raw, BF16Keys(raw), seq, head: h, r, scratch: scratch.pointer, nodes: nodes, into: &selected)
+    let block = i / m.blockQ
+    let r = regions(seq, block: block)
+    let key = [si, h, block]
+    if cache.selected[key] == nil {
+      let scratch = AlignedBuffer<Float>(count: selectFloats)
+      let nodes = UnsafeMutablePointer<ScoredNode>.allocate(capacity: nodeCapacity)
+      defer { nodes.deallocate() }
+      var selected: [Int32] = []
+      select(raw, keys16, seq, head: h, r, scratch: scratch.pointer, nodes: nodes, into: &selected)
+      cache.selected[key] = selected
+    }
     let limit = p.causal ? i + seq.offset : Int.max
     var keys: [Int] = []
     for j in 0..<r.sinkEnd where j <= limit { keys.append(j) }
-    for c in selected { for j in r.keys(ofBlock: Int(c)) { keys.append(j) } }
+    for c in cache.selected[key]! { for j in r.keys(ofBlock: Int(c)) { keys.append(j) } }
     for j in r.localStart..<r.localEnd where j <= limit { keys.append(j) }
     return keys.sorted().map { seq.keyStart + $0 }
   }
+}
+
+/// Selections a ``HiPAttention/selectedKeys`` request computed, keyed by (sequence, head, block).
+final class HiPSelectionCache {
+  var selected: [[Int]: [Int32]] = [:]
 }

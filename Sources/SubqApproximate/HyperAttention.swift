@@ -127,27 +127,10 @@ public struct HyperAttention: KeySelectingMethod {
     let p = try AttentionProblem.validate(op: "attention.hyper", queries: queries, keys: keys, values: values, options: options)
     try Self.info.check(options)
     let plan = HyperPlan(p, self)
-    var result: [[Int]] = []
-    for r in rows {
-      guard r.batch >= 0, r.batch < p.batch, r.head >= 0, r.head < p.queryHeads, r.row >= 0, r.row < p.queryLength else {
-        throw .argument(op: "attention.hyper", name: "row", value: "\(r)", reason: "outside the queries \([p.batch, p.queryHeads, p.queryLength])")
-      }
-      guard let si = p.sequenceIndex(batch: r.batch, row: r.row) else {
-        result.append([])
-        continue
-      }
-      let keys: [Int] = queries.withUnsafeBufferPointer { qb in
-        keys.withUnsafeBufferPointer { kb in
-          values.withUnsafeBufferPointer { vb in
-            let none = AlignedBuffer<Float>(count: 2)  // selection writes no output
-            let raw = RawAttention(p, q: qb.baseAddress!, k: kb.baseAddress!, v: vb.baseAddress!, out: none.pointer, lse: none.pointer + 1)
-            return plan.selectedKeys(raw, sequence: si, head: r.head, row: r.row - p.sequences[si].queryStart)
-          }
-        }
-      }
-      result.append(keys)
+    return try RawAttention.selection(p, queries: queries, keys: keys, values: values, rows: rows) { raw in
+      let cache = HyperSelectionCache()
+      return { si, h, i in plan.selectedKeys(raw, cache, sequence: si, head: h, row: i) }
     }
-    return result
   }
 }
 
@@ -408,7 +391,7 @@ struct HyperPlan: Sendable {
   }
 
   /// Sorted absolute key rows attended by sequence-local query row `i` of head `h`.
-  func selectedKeys(_ raw: RawAttention, sequence si: Int, head h: Int, row i: Int) -> [Int] {
+  func selectedKeys(_ raw: RawAttention, _ cache: HyperSelectionCache, sequence si: Int, head h: Int, row i: Int) -> [Int] {
     let seq = p.sequences[si]
     let g = p.kvHead(h)
     var keys = Set<Int>()
@@ -423,20 +406,28 @@ struct HyperPlan: Sendable {
           for j in 0..<part.nk { keys.insert(seq.keyStart + part.k0 + j) }
           continue
         }
-        var permQ = [Int32](repeating: 0, count: part.nq), permK = [Int32](repeating: 0, count: part.nk)
-        var samples = [Int32](repeating: 0, count: m.sampleSize)
-        let qCodes = (0..<part.nq).map { lsh.code(raw.query(seq, h, part.q0 + $0)) }
-        let kCodes = (0..<part.nk).map { lsh.code(raw.key(seq, g, part.k0 + $0)) }
-        permQ.withUnsafeMutableBufferPointer { pq in
-          permK.withUnsafeMutableBufferPointer { pk in
-            samples.withUnsafeMutableBufferPointer { ps in
-              prepare(raw, part, group: gi, index: pi, head: h, queryCode: { qCodes[$0] }, keyCode: { kCodes[$0] },
-                      permQ: pq.baseAddress!, permK: pk.baseAddress!, samples: ps.baseAddress ?? pq.baseAddress!)
+        let key = [gi, pi, h]
+        if cache.parts[key] == nil {
+          var permQ = [Int32](repeating: 0, count: part.nq), permK = [Int32](repeating: 0, count: part.nk)
+          var samples = [Int32](repeating: 0, count: m.sampleSize)
+          let qCodes = (0..<part.nq).map { lsh.code(raw.query(seq, h, part.q0 + $0)) }
+          let kCodes = (0..<part.nk).map { lsh.code(raw.key(seq, g, part.k0 + $0)) }
+          permQ.withUnsafeMutableBufferPointer { pq in
+            permK.withUnsafeMutableBufferPointer { pk in
+              samples.withUnsafeMutableBufferPointer { ps in
+                prepare(raw, part, group: gi, index: pi, head: h, queryCode: { qCodes[$0] }, keyCode: { kCodes[$0] },
+                        permQ: pq.baseAddress!, permK: pk.baseAddress!, samples: ps.baseAddress ?? pq.baseAddress!)
+              }
             }
           }
+          // The hash-order position of each query.
+          var position = [Int32](repeating: 0, count: part.nq)
+          for (x, q) in permQ.enumerated() { position[Int(q)] = Int32(x) }
+          cache.parts[key] = (position, permK, samples)
         }
-        let position = permQ.firstIndex(of: Int32(i - part.q0))!
-        let t = (0..<blockCount(part)).first { queryRange(part, $0).contains(position) }!
+        let (position, permK, samples) = cache.parts[key]!
+        let nb = blockCount(part)
+        let t = min(nb - 1, ((Int(position[i - part.q0]) + 1) * nb - 1) / part.nq)  // group t holds it
         let kr = keyRange(part, t)
         for x in kr { keys.insert(seq.keyStart + part.k0 + Int(permK[x])) }
         for s in samples where !kr.contains(Int(s)) { keys.insert(seq.keyStart + part.k0 + Int(permK[Int(s)])) }
@@ -444,4 +435,10 @@ struct HyperPlan: Sendable {
     }
     return keys.sorted()
   }
+}
+
+/// Sorted orders and samples of the parts a ``HyperAttention/selectedKeys`` request touched,
+/// keyed by (group, part, head): each is computed once per request.
+final class HyperSelectionCache {
+  var parts: [[Int]: (position: [Int32], permK: [Int32], samples: [Int32])] = [:]
 }

@@ -109,6 +109,34 @@ func lowerBound(_ a: UnsafePointer<Int32>, _ n: Int, _ x: Int) -> Int {
   return lo
 }
 
+extension RawAttention {
+  /// Answers a ``KeySelectingMethod/selectedKeys`` request: checks every row, then, in one scope
+  /// over the raw inputs, asks `make(raw)` for a function of (sequence, head, sequence-local row)
+  /// and applies it to each row (rows outside every sequence select nothing).
+  static func selection(
+    _ p: AttentionProblem, queries: Tensor, keys: Tensor, values: Tensor, rows: [QueryRow],
+    _ make: (RawAttention) -> (Int, Int, Int) -> [Int]
+  ) throws(SubqError) -> [[Int]] {
+    for r in rows where !(r.batch >= 0 && r.batch < p.batch && r.head >= 0 && r.head < p.queryHeads && r.row >= 0 && r.row < p.queryLength) {
+      throw .argument(op: p.op, name: "row", value: "(batch \(r.batch), head \(r.head), row \(r.row))",
+                      reason: "outside the queries [\(p.batch), \(p.queryHeads), \(p.queryLength)]")
+    }
+    return queries.withUnsafeBufferPointer { qb in
+      keys.withUnsafeBufferPointer { kb in
+        values.withUnsafeBufferPointer { vb in
+          let none = AlignedBuffer<Float>(count: 2)  // selection writes no output
+          let raw = RawAttention(p, q: qb.baseAddress!, k: kb.baseAddress!, v: vb.baseAddress!, out: none.pointer, lse: none.pointer + 1)
+          let select = make(raw)
+          return rows.map { r in
+            guard let si = p.sequenceIndex(batch: r.batch, row: r.row) else { return [] }
+            return select(si, r.head, r.row - p.sequences[si].queryStart)
+          }
+        }
+      }
+    }
+  }
+}
+
 extension AttentionProblem {
   /// The sequence holding query row `row` of batch entry `batch` (a tensor row), if any.
   func sequenceIndex(batch: Int, row: Int) -> Int? {

@@ -160,5 +160,8 @@ import Testing
     expectError(.unsupported(op: op, feature: "softcap", reason: "hip implements causal, key-lengths, varlen")) {
       _ = try m.attention(queries: q, keys: k, values: v, options: AttentionOptions(softcap: 30))
     }
+    expectError(.argument(op: op, name: "row", value: "(batch 0, head 2, row 0)", reason: "outside the queries [1, 2, 40]")) {
+      _ = try m.selectedKeys(queries: q, keys: k, values: v, options: AttentionOptions(), rows: [QueryRow(batch: 0, head: 2, row: 0)])
+    }
   }
 }

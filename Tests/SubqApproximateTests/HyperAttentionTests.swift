@@ -126,6 +126,9 @@ import Testing
         _ = try m.attention(queries: q, keys: k, values: v, options: o)
       }
     }
+    expectError(.argument(op: op, name: "row", value: "(batch 0, head 0, row 40)", reason: "outside the queries [1, 2, 40]")) {
+      _ = try m.selectedKeys(queries: q, keys: k, values: v, options: AttentionOptions(), rows: [QueryRow(batch: 0, head: 0, row: 40)])
+    }
     let k3 = Tensor.randomNormal(shape: [1, 3, 40, 24], seed: 2)
     expectError(.shape(op: op, tensor: "K", shape: [1, 3, 40, 24], reason: "query heads (2) must be a multiple of key/value heads (3)")) {
       _ = try m.attention(queries: q, keys: k3, values: k3, options: AttentionOptions())
