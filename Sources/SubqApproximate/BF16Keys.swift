@@ -1,7 +1,6 @@
 import SubqAttention
 import SubqCore
 import SubqKernels
-import SubqPrefetch
 
 /// A bfloat16 copy of the keys of every sequence, `[B][Hkv][Nk][D]`, for searches that score
 /// many scattered key rows: half the bytes per row halves the cache misses that bound them.
@@ -65,10 +64,10 @@ func float(bf16 h: UInt16) -> Float { Float(bitPattern: UInt32(h) << 16) }
 func prefetchRow(_ r: UnsafePointer<UInt16>, _ count: Int) {
   var i = 0
   while i < count {
-    subq_prefetch(r + i)
+    prefetch(UnsafeRawPointer(r + i))
     i += 32
   }
-  subq_prefetch(r + count - 1)
+  prefetch(UnsafeRawPointer(r + count - 1))
 }
 
 /// Widens `count` bfloat16 values to Float32, eight at a time.

@@ -194,6 +194,9 @@ struct FlashPlan: Sendable {
   }
 
   // Unit conversions: scores are kept in log2 units.
+  /// How far (log2 units) scores may exceed the softmax shift before it is raised: numerators
+  /// stay ≤ 2^8, far from overflow, and the shift rarely moves after the first tiles.
+  static let headroom: Float = 8
   static let log2e: Float = 1.442_695_040_888_963_4
   static let ln2: Float = 0.693_147_180_559_945_3
 
@@ -220,11 +223,11 @@ struct FlashPlan: Sendable {
     let qt = UnsafeMutableRawPointer(qtF).assumingMemoryBound(to: Lane.self)
     let st = UnsafeMutableRawPointer(stF).assumingMemoryBound(to: Lane.self)
     let ot = UnsafeMutableRawPointer(otF).assumingMemoryBound(to: Lane.self)
-    let mRun = UnsafeMutableRawPointer(vecs).assumingMemoryBound(to: Lane.self)                 // running max
-    let mSafe = UnsafeMutableRawPointer(vecs + stride16).assumingMemoryBound(to: Lane.self)     // max used as shift
-    let alpha = UnsafeMutableRawPointer(vecs + 2 * stride16).assumingMemoryBound(to: Lane.self) // rescale
-    let lRun = UnsafeMutableRawPointer(vecs + 3 * stride16).assumingMemoryBound(to: Lane.self)  // running sum
-    let mNew = UnsafeMutableRawPointer(vecs + 4 * stride16).assumingMemoryBound(to: Lane.self)  // block max
+    let mRun = UnsafeMutableRawPointer(vecs).assumingMemoryBound(to: Lane.self)                    // softmax shift
+    let tileMax = UnsafeMutableRawPointer(vecs + stride16).assumingMemoryBound(to: Lane.self)      // tile max / factors
+    let alpha = UnsafeMutableRawPointer(vecs + 2 * stride16).assumingMemoryBound(to: Lane.self)   // block rescale
+    let lRun = UnsafeMutableRawPointer(vecs + 3 * stride16).assumingMemoryBound(to: Lane.self)    // running sum
+    let blockSum = UnsafeMutableRawPointer(vecs + 4 * stride16).assumingMemoryBound(to: Lane.self) // block sums
 
     let keys = keyRange(seq, i0, i0 + rows)
     let lseBase = (seq.batch * p.queryHeads + h) * p.queryLength + seq.queryStart + i0
@@ -264,6 +267,48 @@ struct FlashPlan: Sendable {
     let tileRows = AttentionTiles.rows
     let TV = tileVectors
 
+    /// Turns raw scores in rows `r0..<r1` (lane vectors `x0..<x1`) into softmax numerators.
+    /// The shift `mRun` (running maximum, in log2 units) is raised only when these scores exceed
+    /// it by more than `headroom`, so numerators stay ≤ 2^headroom; a raise rescales the block's
+    /// earlier numerators (rows 0..<r0), its sums and its factor `alpha` by exp2(old − new).
+    func absorb(_ r0: Int, _ r1: Int, _ x0: Int, _ x1: Int) {
+      var raised = false
+      for x in x0..<x1 {
+        var m = Lane(repeating: -.infinity)
+        for j in r0..<r1 { m = vmax(m, st[j * lanesQ + x]) }
+        let old = mRun[x]
+        let raise = m .> old + Lane(repeating: FlashPlan.headroom)
+        if any(raise) {
+          let new = old.replacing(with: m, where: raise)
+          // exp2(−∞ − finite) = 0: nothing was accumulated under a −∞ shift.
+          tileMax[x] = exp2Lane(old - new.replacing(with: 0, where: new .== -Lane.Scalar.infinity))
+          mRun[x] = new
+          raised = true
+        } else {
+          tileMax[x] = Lane(repeating: 1)
+        }
+      }
+      if raised {
+        for x in x0..<x1 {
+          let f = tileMax[x]
+          alpha[x] *= f
+          blockSum[x] *= f
+          for j in 0..<r0 { st[j * lanesQ + x] *= f }
+        }
+      }
+      for x in x0..<x1 {
+        // A shift still at −∞ means every score so far is −∞: shift by 0 (no NaN).
+        let shift = mRun[x].replacing(with: 0, where: mRun[x] .== -Lane.Scalar.infinity)
+        var sum = blockSum[x]
+        for j in r0..<r1 {
+          let e = exp2Lane(st[j * lanesQ + x] - shift)
+          st[j * lanesQ + x] = e
+          sum += e
+        }
+        blockSum[x] = sum
+      }
+    }
+
     var j0 = keys.lowerBound
     while j0 < keys.upperBound {
       let jn = min(blockK, keys.upperBound - j0)
@@ -273,9 +318,13 @@ struct FlashPlan: Sendable {
       if let r = p.windowRight, j0 + jn - 1 > i0 + seq.offset + r { fullyVisible = false }
       let plain = fullyVisible && softcapLog2 == nil && slopeLog2 == nil
 
-      for x in 0..<lanesQ { mNew[x] = mRun[x] }
+      for x in 0..<lanesQ {
+        alpha[x] = Lane(repeating: 1)
+        blockSum[x] = Lane()
+      }
 
-      // Sᵀ = K Qᵀ, six key rows at a time (rows past the block repeat its last key).
+      // Sᵀ = K Qᵀ, six key rows at a time (rows past the block repeat its last key and are
+      // never absorbed). Unmasked full tiles compute their numerators in registers.
       let kBlock = kHead + j0 * ldk
       var jt = 0
       while jt < jn {
@@ -283,16 +332,26 @@ struct FlashPlan: Sendable {
         let k0 = kBlock + min(jt, last) * ldk, k1 = kBlock + min(jt + 1, last) * ldk
         let k2 = kBlock + min(jt + 2, last) * ldk, k3 = kBlock + min(jt + 3, last) * ldk
         let k4 = kBlock + min(jt + 4, last) * ldk, k5 = kBlock + min(jt + 5, last) * ldk
+        let full = jt + tileRows <= jn
         for t in 0..<tilesQ {
-          AttentionTiles.qkTile(
-            k0, k1, k2, k3, k4, k5, depth: D, qt: qt + t * TV, qtStride: lanesQ,
-            st: st + jt * lanesQ + t * TV, stStride: lanesQ, rowMax: mNew + t * TV, updateMax: plain)
+          if plain && full {
+            let done = AttentionTiles.qkExpTile(
+              k0, k1, k2, k3, k4, k5, depth: D, qt: qt + t * TV, qtStride: lanesQ,
+              st: st + jt * lanesQ + t * TV, stStride: lanesQ, shift: mRun + t * TV, headroom: FlashPlan.headroom,
+              sum: blockSum + t * TV, tileMax: tileMax + t * TV)
+            if !done { absorb(jt, jt + tileRows, t * TV, t * TV + TV) }
+          } else {
+            AttentionTiles.qkTile(
+              k0, k1, k2, k3, k4, k5, depth: D, qt: qt + t * TV, qtStride: lanesQ,
+              st: st + jt * lanesQ + t * TV, stStride: lanesQ, rowMax: tileMax + t * TV, updateMax: false)
+          }
         }
+        if plain && !full { absorb(jt, jn, 0, lanesQ) }
         jt += tileRows
       }
 
       if !plain {
-        // Softcap, ALiBi and the element mask, then the block max.
+        // Softcap, ALiBi and the element mask, then the numerators.
         let iota = laneIota
         for j in 0..<jn {
           let key = j0 + j
@@ -314,32 +373,11 @@ struct FlashPlan: Sendable {
               s = s.replacing(with: -.infinity, where: (iv .< Lane(repeating: iMin)) .| (iv .> Lane(repeating: iMax)))
             }
             row[x] = s
-            mNew[x] = vmax(mNew[x], s)
           }
         }
+        absorb(0, jn, 0, lanesQ)
       }
-
-      // Rescale factors; a max still at −∞ (no visible key yet) shifts by 0 instead (no NaN).
-      for x in 0..<lanesQ {
-        let m = mNew[x]
-        let safe = m.replacing(with: 0, where: m .== -Lane.Scalar.infinity)
-        alpha[x] = exp2Lane(mRun[x] - safe)
-        mSafe[x] = safe
-        mRun[x] = m
-      }
-      // Pᵀ = exp2(Sᵀ − max) in place, and the block's row sums.
-      for x in 0..<lanesQ { mNew[x] = Lane() }  // reused as the block sum
-      var j = 0
-      while j < jn {
-        let row = st + j * lanesQ
-        for x in 0..<lanesQ {
-          let e = exp2Lane(row[x] - mSafe[x])
-          row[x] = e
-          mNew[x] += e
-        }
-        j += 1
-      }
-      for x in 0..<lanesQ { lRun[x] = fmadd(mNew[x], lRun[x], alpha[x]) }
+      for x in 0..<lanesQ { lRun[x] = fmadd(blockSum[x], lRun[x], alpha[x]) }
 
       // Oᵀ = α·Oᵀ + Vᵀ Pᵀ, six value columns at a time (columns past Dv repeat the last one).
       let vBlock = vHead + j0 * ldv

@@ -26,13 +26,17 @@ public struct AttentionBench {
     public var n: Int
     public var medianSeconds: Double
     public var minSeconds: Double
-    /// FLOPs of exact attention on the visible pairs (4·B·Hq·N²·D non-causal, about half causal).
+    /// Median processor time per run (all threads): on a shared machine, steadier than wall time.
+    public var cpuSeconds: Double
+    /// FLOPs of exact attention on the visible pairs (4·B·Hq·N²·D non-causal, about half causal);
+    /// for a ``PatternAttentionMethod``, on the pairs it attends to.
     public var flops: Double
     public var gflops: Double
-    /// Peak resident memory of the process during the timed runs.
+    /// Peak resident memory of the process during the memory-probe run.
     public var peakResidentBytes: Double
-    /// Resident memory beyond the inputs and outputs at the peak.
-    public var extraBytes: Double
+    /// Resident memory the method adds beyond its inputs and its output, at its peak (one run,
+    /// measured with ``MemoryProbe``); nil where the peak cannot be measured (not Linux).
+    public var extraBytes: Double?
     /// Relative Frobenius error of the checked rows against the Float64 reference.
     public var checkError: Double
     /// For approximate methods: relative Frobenius error of the whole output against exact
@@ -68,23 +72,37 @@ public struct AttentionBench {
       let qSlice = sliceRows(d.queries, head: 0, from: n - m, count: m)
       let kSlice = sliceRows(d.keys, head: 0, from: 0, count: n)
       let vSlice = sliceRows(d.values, head: 0, from: 0, count: n)
-      let ref = try NaiveAttention.reference(queries: qSlice, keys: kSlice, values: vSlice, options: opts)
       let got = sliceRows(first.output, head: 0, from: n - m, count: m)
-      let checkError = relativeError(got, ref.output)
+      let checkError: Double
+      if let pattern = method as? any PatternAttentionMethod {
+        // Exact over its own pattern: check against the reference over the selected keys.
+        let rows = (0..<config.batch).flatMap { b in ((n - m)..<n).map { QueryRow(batch: b, head: 0, row: $0) } }
+        let ref = try PatternCheck.reference(method: pattern, queries: d.queries, keys: d.keys, values: d.values, options: opts, rows: rows)
+        checkError = relativeError(got, ref.flatMap { $0 })
+      } else {
+        let ref = try NaiveAttention.reference(queries: qSlice, keys: kSlice, values: vSlice, options: opts)
+        checkError = relativeError(got, ref.output)
+      }
 
       var errorVsFlash: Double? = nil
       var flashSeconds: Double? = nil
-      if !info.isExact {
+      if !info.isExact && !(method is any PatternAttentionMethod) {
         let t0 = monotonicSeconds()
         let exact = try FlashAttention().attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
         flashSeconds = monotonicSeconds() - t0
         errorVsFlash = relativeError(first.output, exact.output.scalars.map(Double.init))
       }
 
-      let inputBytes = Double(d.queries.count + d.keys.count + d.values.count) * 4
+      // Memory: one probed run (threads and code are warm after the check above). The probe
+      // trims the heap first, so pages freed by earlier runs cannot hide this run's allocations;
+      // the growth minus the output this run returns is the method's extra memory.
       let outputBytes = Double(problem.outputShape.reduce(1, *)) * 4
-      MachineInfo.resetPeakResident()
-      let base = Double(MachineInfo.residentBytes())
+      let probe = MemoryProbe.start()
+      let probed = try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+      let growth = probe.map { Double($0.peakGrowth()) }
+      let peak = Double(MachineInfo.peakResidentBytes())
+      blackHole(probed.output)
+
       var failure: SubqError? = nil
       let timing = Timing.measure(repeats: config.repeats, warmup: 0) {
         do {
@@ -93,12 +111,15 @@ public struct AttentionBench {
         } catch { failure = error as? SubqError }
       }
       if let failure { throw failure }
-      let peak = Double(MachineInfo.peakResidentBytes())
-      _ = inputBytes
-      let flops = problem.flops
-      let row = Row(n: n, medianSeconds: timing.median, minSeconds: timing.min, flops: flops,
+      // Pattern methods: count only the pairs they attend to.
+      var flops = problem.flops
+      if let pattern = method as? any PatternAttentionMethod {
+        flops = try pattern.attendedPairs(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+          * Double(2 * problem.headDim + 2 * problem.valueDim)
+      }
+      let row = Row(n: n, medianSeconds: timing.median, minSeconds: timing.min, cpuSeconds: timing.medianCPU, flops: flops,
                     gflops: flops / timing.median / 1e9, peakResidentBytes: peak,
-                    extraBytes: max(0, peak - base - outputBytes), checkError: checkError, errorVsFlash: errorVsFlash,
+                    extraBytes: growth.map { max(0, $0 - outputBytes) }, checkError: checkError, errorVsFlash: errorVsFlash,
                     flashSeconds: flashSeconds)
       rows.append(row)
       progress(row)

@@ -1,12 +1,26 @@
 import Dispatch
 import Foundation
 
-/// Wall-clock timing of repeated runs.
+/// Wall-clock timing of repeated runs, with the processor time they used.
 public struct Timing: Sendable, Codable, Equatable {
   /// Every measured time, in seconds, in run order.
   public var samples: [Double]
+  /// Processor time of the whole process (all threads) per run, in seconds, in run order. On a
+  /// machine shared with other work it is steadier than wall time (it excludes time spent
+  /// waiting for a core), though caches shared with other work still disturb it.
+  public var cpuSamples: [Double]
 
-  public init(samples: [Double]) { self.samples = samples }
+  public init(samples: [Double], cpuSamples: [Double] = []) {
+    self.samples = samples
+    self.cpuSamples = cpuSamples
+  }
+
+  /// Median processor time per run (NaN when not measured).
+  public var medianCPU: Double {
+    let s = cpuSamples.sorted()
+    guard !s.isEmpty else { return .nan }
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+  }
 
   /// Median of the samples.
   public var median: Double {
@@ -20,14 +34,23 @@ public struct Timing: Sendable, Codable, Equatable {
   /// Runs `body` `warmup` times untimed, then `repeats` times timed.
   public static func measure(repeats: Int, warmup: Int = 1, _ body: () throws -> Void) rethrows -> Timing {
     for _ in 0..<warmup { try body() }
-    var samples: [Double] = []
+    var samples: [Double] = [], cpu: [Double] = []
     for _ in 0..<max(1, repeats) {
+      let c0 = processCPUSeconds()
       let t0 = DispatchTime.now().uptimeNanoseconds
       try body()
       samples.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+      cpu.append(processCPUSeconds() - c0)
     }
-    return Timing(samples: samples)
+    return Timing(samples: samples, cpuSamples: cpu)
   }
+}
+
+/// Processor time used by this process so far, all threads, in seconds.
+public func processCPUSeconds() -> Double {
+  var t = timespec()
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
+  return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
 }
 
 /// The current time in seconds from an arbitrary origin (monotonic).

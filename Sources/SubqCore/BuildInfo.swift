@@ -35,7 +35,7 @@ public enum BuildInfo {
     #if DEBUG
     f.append("-Onone")
     #else
-    #if SUBQ_TUNE_NONE
+    #if SUBQ_TUNE_NONE || SUBQ_SAFETY_CHECKS
     f.append("-O")
     #else
     f.append("-Ounchecked -enforce-exclusivity=unchecked")

@@ -48,6 +48,102 @@ extension AttentionTiles {
     }
   }
 
+  /// Scores tile with the softmax numerator fused in: computes the 6×4-vector tile of Sᵀ as
+  /// `qkTile4` does, then, if no score exceeds `shift[v] + headroom`, stores `exp2(s − shift[v])`
+  /// into `st`, adds the rows into `sum[v]` and returns true. Otherwise it stores the raw scores,
+  /// writes the tile's per-lane maximum into `tileMax[v]` and returns false, so the caller can raise
+  /// the shift first (lazy rescaling: the shift only moves when scores outgrow it by `headroom`).
+  @inlinable @inline(__always)
+  package static func qkExpTile4(
+    _ k0: UnsafePointer<Float>, _ k1: UnsafePointer<Float>, _ k2: UnsafePointer<Float>,
+    _ k3: UnsafePointer<Float>, _ k4: UnsafePointer<Float>, _ k5: UnsafePointer<Float>,
+    depth: Int, qt: UnsafePointer<Lane>, qtStride: Int,
+    st: UnsafeMutablePointer<Lane>, stStride: Int, shift: UnsafePointer<Lane>, headroom: Float,
+    sum: UnsafeMutablePointer<Lane>, tileMax: UnsafeMutablePointer<Lane>
+  ) -> Bool {
+    var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane()
+    var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane()
+    var a20 = Lane(); var a21 = Lane(); var a22 = Lane(); var a23 = Lane()
+    var a30 = Lane(); var a31 = Lane(); var a32 = Lane(); var a33 = Lane()
+    var a40 = Lane(); var a41 = Lane(); var a42 = Lane(); var a43 = Lane()
+    var a50 = Lane(); var a51 = Lane(); var a52 = Lane(); var a53 = Lane()
+    var q = qt
+    for d in 0..<depth {
+      let q0 = q[0]; let q1 = q[1]; let q2 = q[2]; let q3 = q[3]
+      do { let b = Lane(repeating: k0[d])
+        a00 = fmadd(a00, b, q0); a01 = fmadd(a01, b, q1); a02 = fmadd(a02, b, q2); a03 = fmadd(a03, b, q3) }
+      do { let b = Lane(repeating: k1[d])
+        a10 = fmadd(a10, b, q0); a11 = fmadd(a11, b, q1); a12 = fmadd(a12, b, q2); a13 = fmadd(a13, b, q3) }
+      do { let b = Lane(repeating: k2[d])
+        a20 = fmadd(a20, b, q0); a21 = fmadd(a21, b, q1); a22 = fmadd(a22, b, q2); a23 = fmadd(a23, b, q3) }
+      do { let b = Lane(repeating: k3[d])
+        a30 = fmadd(a30, b, q0); a31 = fmadd(a31, b, q1); a32 = fmadd(a32, b, q2); a33 = fmadd(a33, b, q3) }
+      do { let b = Lane(repeating: k4[d])
+        a40 = fmadd(a40, b, q0); a41 = fmadd(a41, b, q1); a42 = fmadd(a42, b, q2); a43 = fmadd(a43, b, q3) }
+      do { let b = Lane(repeating: k5[d])
+        a50 = fmadd(a50, b, q0); a51 = fmadd(a51, b, q1); a52 = fmadd(a52, b, q2); a53 = fmadd(a53, b, q3) }
+      q += qtStride
+    }
+    let h = Lane(repeating: headroom)
+    let m0 = vmax(vmax(vmax(a00, a10), vmax(a20, a30)), vmax(a40, a50))
+    let s0 = shift[0]
+    let m1 = vmax(vmax(vmax(a01, a11), vmax(a21, a31)), vmax(a41, a51))
+    let s1 = shift[1]
+    let m2 = vmax(vmax(vmax(a02, a12), vmax(a22, a32)), vmax(a42, a52))
+    let s2 = shift[2]
+    let m3 = vmax(vmax(vmax(a03, a13), vmax(a23, a33)), vmax(a43, a53))
+    let s3 = shift[3]
+    let excess = vmax(vmax(m0 - s0, m1 - s1), vmax(m2 - s2, m3 - s3))
+    // NaN scores compare false and pass through to the numerators; −∞ shifts give +∞ excess.
+    if any(excess .> h) {
+      st[0*stStride + 0] = a00; st[0*stStride + 1] = a01; st[0*stStride + 2] = a02; st[0*stStride + 3] = a03
+      st[1*stStride + 0] = a10; st[1*stStride + 1] = a11; st[1*stStride + 2] = a12; st[1*stStride + 3] = a13
+      st[2*stStride + 0] = a20; st[2*stStride + 1] = a21; st[2*stStride + 2] = a22; st[2*stStride + 3] = a23
+      st[3*stStride + 0] = a30; st[3*stStride + 1] = a31; st[3*stStride + 2] = a32; st[3*stStride + 3] = a33
+      st[4*stStride + 0] = a40; st[4*stStride + 1] = a41; st[4*stStride + 2] = a42; st[4*stStride + 3] = a43
+      st[5*stStride + 0] = a50; st[5*stStride + 1] = a51; st[5*stStride + 2] = a52; st[5*stStride + 3] = a53
+      tileMax[0] = m0; tileMax[1] = m1; tileMax[2] = m2; tileMax[3] = m3
+      return false
+    }
+    do {
+      let e0 = exp2Lane(a00 - s0); st[0*stStride + 0] = e0
+      let e1 = exp2Lane(a10 - s0); st[1*stStride + 0] = e1
+      let e2 = exp2Lane(a20 - s0); st[2*stStride + 0] = e2
+      let e3 = exp2Lane(a30 - s0); st[3*stStride + 0] = e3
+      let e4 = exp2Lane(a40 - s0); st[4*stStride + 0] = e4
+      let e5 = exp2Lane(a50 - s0); st[5*stStride + 0] = e5
+      sum[0] += ((e0 + e1) + (e2 + e3)) + (e4 + e5)
+    }
+    do {
+      let e0 = exp2Lane(a01 - s1); st[0*stStride + 1] = e0
+      let e1 = exp2Lane(a11 - s1); st[1*stStride + 1] = e1
+      let e2 = exp2Lane(a21 - s1); st[2*stStride + 1] = e2
+      let e3 = exp2Lane(a31 - s1); st[3*stStride + 1] = e3
+      let e4 = exp2Lane(a41 - s1); st[4*stStride + 1] = e4
+      let e5 = exp2Lane(a51 - s1); st[5*stStride + 1] = e5
+      sum[1] += ((e0 + e1) + (e2 + e3)) + (e4 + e5)
+    }
+    do {
+      let e0 = exp2Lane(a02 - s2); st[0*stStride + 2] = e0
+      let e1 = exp2Lane(a12 - s2); st[1*stStride + 2] = e1
+      let e2 = exp2Lane(a22 - s2); st[2*stStride + 2] = e2
+      let e3 = exp2Lane(a32 - s2); st[3*stStride + 2] = e3
+      let e4 = exp2Lane(a42 - s2); st[4*stStride + 2] = e4
+      let e5 = exp2Lane(a52 - s2); st[5*stStride + 2] = e5
+      sum[2] += ((e0 + e1) + (e2 + e3)) + (e4 + e5)
+    }
+    do {
+      let e0 = exp2Lane(a03 - s3); st[0*stStride + 3] = e0
+      let e1 = exp2Lane(a13 - s3); st[1*stStride + 3] = e1
+      let e2 = exp2Lane(a23 - s3); st[2*stStride + 3] = e2
+      let e3 = exp2Lane(a33 - s3); st[3*stStride + 3] = e3
+      let e4 = exp2Lane(a43 - s3); st[4*stStride + 3] = e4
+      let e5 = exp2Lane(a53 - s3); st[5*stStride + 3] = e5
+      sum[3] += ((e0 + e1) + (e2 + e3)) + (e4 + e5)
+    }
+    return true
+  }
+
   /// Output tile, transposed: for the 6 value columns `c_r` and 4 query lane vectors `v`,
   /// `ot[r·otStride + v] = alpha[v] · ot[r·otStride + v] + Σ_{j<count} vRows[j·ldv + c_r] · p[j·pStride + v]`.
   @inlinable @inline(__always)
@@ -133,6 +229,80 @@ extension AttentionTiles {
       rowMax[0] = vmax(vmax(vmax(rowMax[0], a00), vmax(a10, a20)), vmax(vmax(a30, a40), a50))
       rowMax[1] = vmax(vmax(vmax(rowMax[1], a01), vmax(a11, a21)), vmax(vmax(a31, a41), a51))
     }
+  }
+
+  /// Scores tile with the softmax numerator fused in: computes the 6×2-vector tile of Sᵀ as
+  /// `qkTile2` does, then, if no score exceeds `shift[v] + headroom`, stores `exp2(s − shift[v])`
+  /// into `st`, adds the rows into `sum[v]` and returns true. Otherwise it stores the raw scores,
+  /// writes the tile's per-lane maximum into `tileMax[v]` and returns false, so the caller can raise
+  /// the shift first (lazy rescaling: the shift only moves when scores outgrow it by `headroom`).
+  @inlinable @inline(__always)
+  package static func qkExpTile2(
+    _ k0: UnsafePointer<Float>, _ k1: UnsafePointer<Float>, _ k2: UnsafePointer<Float>,
+    _ k3: UnsafePointer<Float>, _ k4: UnsafePointer<Float>, _ k5: UnsafePointer<Float>,
+    depth: Int, qt: UnsafePointer<Lane>, qtStride: Int,
+    st: UnsafeMutablePointer<Lane>, stStride: Int, shift: UnsafePointer<Lane>, headroom: Float,
+    sum: UnsafeMutablePointer<Lane>, tileMax: UnsafeMutablePointer<Lane>
+  ) -> Bool {
+    var a00 = Lane(); var a01 = Lane()
+    var a10 = Lane(); var a11 = Lane()
+    var a20 = Lane(); var a21 = Lane()
+    var a30 = Lane(); var a31 = Lane()
+    var a40 = Lane(); var a41 = Lane()
+    var a50 = Lane(); var a51 = Lane()
+    var q = qt
+    for d in 0..<depth {
+      let q0 = q[0]; let q1 = q[1]
+      do { let b = Lane(repeating: k0[d])
+        a00 = fmadd(a00, b, q0); a01 = fmadd(a01, b, q1) }
+      do { let b = Lane(repeating: k1[d])
+        a10 = fmadd(a10, b, q0); a11 = fmadd(a11, b, q1) }
+      do { let b = Lane(repeating: k2[d])
+        a20 = fmadd(a20, b, q0); a21 = fmadd(a21, b, q1) }
+      do { let b = Lane(repeating: k3[d])
+        a30 = fmadd(a30, b, q0); a31 = fmadd(a31, b, q1) }
+      do { let b = Lane(repeating: k4[d])
+        a40 = fmadd(a40, b, q0); a41 = fmadd(a41, b, q1) }
+      do { let b = Lane(repeating: k5[d])
+        a50 = fmadd(a50, b, q0); a51 = fmadd(a51, b, q1) }
+      q += qtStride
+    }
+    let h = Lane(repeating: headroom)
+    let m0 = vmax(vmax(vmax(a00, a10), vmax(a20, a30)), vmax(a40, a50))
+    let s0 = shift[0]
+    let m1 = vmax(vmax(vmax(a01, a11), vmax(a21, a31)), vmax(a41, a51))
+    let s1 = shift[1]
+    let excess = vmax(m0 - s0, m1 - s1)
+    // NaN scores compare false and pass through to the numerators; −∞ shifts give +∞ excess.
+    if any(excess .> h) {
+      st[0*stStride + 0] = a00; st[0*stStride + 1] = a01
+      st[1*stStride + 0] = a10; st[1*stStride + 1] = a11
+      st[2*stStride + 0] = a20; st[2*stStride + 1] = a21
+      st[3*stStride + 0] = a30; st[3*stStride + 1] = a31
+      st[4*stStride + 0] = a40; st[4*stStride + 1] = a41
+      st[5*stStride + 0] = a50; st[5*stStride + 1] = a51
+      tileMax[0] = m0; tileMax[1] = m1
+      return false
+    }
+    do {
+      let e0 = exp2Lane(a00 - s0); st[0*stStride + 0] = e0
+      let e1 = exp2Lane(a10 - s0); st[1*stStride + 0] = e1
+      let e2 = exp2Lane(a20 - s0); st[2*stStride + 0] = e2
+      let e3 = exp2Lane(a30 - s0); st[3*stStride + 0] = e3
+      let e4 = exp2Lane(a40 - s0); st[4*stStride + 0] = e4
+      let e5 = exp2Lane(a50 - s0); st[5*stStride + 0] = e5
+      sum[0] += ((e0 + e1) + (e2 + e3)) + (e4 + e5)
+    }
+    do {
+      let e0 = exp2Lane(a01 - s1); st[0*stStride + 1] = e0
+      let e1 = exp2Lane(a11 - s1); st[1*stStride + 1] = e1
+      let e2 = exp2Lane(a21 - s1); st[2*stStride + 1] = e2
+      let e3 = exp2Lane(a31 - s1); st[3*stStride + 1] = e3
+      let e4 = exp2Lane(a41 - s1); st[4*stStride + 1] = e4
+      let e5 = exp2Lane(a51 - s1); st[5*stStride + 1] = e5
+      sum[1] += ((e0 + e1) + (e2 + e3)) + (e4 + e5)
+    }
+    return true
   }
 
   /// Output tile, transposed: for the 6 value columns `c_r` and 2 query lane vectors `v`,

@@ -39,6 +39,24 @@ package enum AttentionTiles {
     #endif
   }
 
+  /// `qkExpTile4` or `qkExpTile2`, whichever matches the build's lane width.
+  @inlinable @inline(__always)
+  package static func qkExpTile(
+    _ k0: UnsafePointer<Float>, _ k1: UnsafePointer<Float>, _ k2: UnsafePointer<Float>,
+    _ k3: UnsafePointer<Float>, _ k4: UnsafePointer<Float>, _ k5: UnsafePointer<Float>,
+    depth: Int, qt: UnsafePointer<Lane>, qtStride: Int,
+    st: UnsafeMutablePointer<Lane>, stStride: Int, shift: UnsafePointer<Lane>, headroom: Float,
+    sum: UnsafeMutablePointer<Lane>, tileMax: UnsafeMutablePointer<Lane>
+  ) -> Bool {
+    #if SUBQ_AVX512
+    return qkExpTile4(k0, k1, k2, k3, k4, k5, depth: depth, qt: qt, qtStride: qtStride, st: st, stStride: stStride,
+                      shift: shift, headroom: headroom, sum: sum, tileMax: tileMax)
+    #else
+    return qkExpTile2(k0, k1, k2, k3, k4, k5, depth: depth, qt: qt, qtStride: qtStride, st: st, stStride: stStride,
+                      shift: shift, headroom: headroom, sum: sum, tileMax: tileMax)
+    #endif
+  }
+
   /// `pvTile4` or `pvTile2`, whichever matches the build's lane width.
   @inlinable @inline(__always)
   package static func pvTile(

@@ -2,6 +2,12 @@
 @_exported import SubqApproximate
 @_exported import SubqAttention
 @_exported import SubqCore
+@_exported import SubqRing
+@_exported import SubqLinear
+@_exported import SubqStateSpace
+@_exported import SubqDecoding
+@_exported import SubqSparse
+@_exported import SubqLLM
 
 /// Every attention method in the library, by name.
 public enum AttentionMethods {
@@ -9,6 +15,10 @@ public enum AttentionMethods {
   public static let all: [any AttentionMethod.Type] = [
     FlashAttention.self,
     NaiveAttention.self,
+    SplitKVAttention.self,
+    NeighborhoodAttention.self,
+    SinkAttention.self,
+    CombinerAttention.self,
     HyperAttention.self,
     HiPAttention.self,
     ProbSparseAttention.self,

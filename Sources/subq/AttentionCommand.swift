@@ -25,6 +25,8 @@ struct AttentionCommand: ParsableCommand {
 
   @OptionGroup var mask: MaskOptions
 
+  @OptionGroup(title: "Sparse method options") var sparse: SparseOptions
+
   @Option(name: .customLong("param"), help: "Method parameter name=value (repeatable).")
   var params: [String] = []
 
@@ -37,6 +39,8 @@ struct AttentionCommand: ParsableCommand {
   func run() throws {
     var parameters = try parseParams(params, method: method)
     if let seed { parameters.values["seed"] = String(seed) }
+    var mask = self.mask
+    try sparse.apply(method: method, to: &parameters, mask: &mask)
     let m = try AttentionMethods.make(method, parameters: parameters)
     let (qt, qRank) = try AttentionFiles.load(q, tensor: "Q", layout: layout)
     let (kt, _) = try AttentionFiles.load(k, tensor: "K", layout: layout)

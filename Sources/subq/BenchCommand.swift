@@ -28,6 +28,8 @@ struct BenchCommand: ParsableCommand {
   @Option(help: "Worker threads (default: all cores).") var threads: Int?
   @Option(name: .customLong("param"), help: "Method parameter name=value (repeatable).") var params: [String] = []
   @Flag(help: "Print JSON instead of a table.") var json = false
+  @Flag(help: "Time the backward pass (flash only) next to the forward; backward GFLOP/s count 2.5× the forward's FLOPs.")
+  var backward = false
 
   func run() throws {
     let lengths = try parseLengths(n, option: "--n")
@@ -45,6 +47,13 @@ struct BenchCommand: ParsableCommand {
     config.data = data
     config.seed = seed
     if let threads { config.threads = threads }
+    if backward {
+      guard let flash = m as? FlashAttention else {
+        throw SubqError.unsupported(op: "bench", feature: "--backward with method \(method)", reason: "only flash has a fast backward pass")
+      }
+      try runBackward(BackwardBench(method: flash, config: config))
+      return
+    }
     let bench = AttentionBench(method: m, config: config)
     if !json {
       print(BuildInfo.summary)
@@ -70,15 +79,53 @@ struct BenchCommand: ParsableCommand {
       return
     }
     let approx = rows.contains { $0.errorVsFlash != nil }
-    var table = TextTable(header: ["N", "median", "min", "GFLOP/s", "peak RSS", "extra mem", "check err"]
+    var table = TextTable(header: ["N", "median", "min", "CPU/run", "GFLOP/s", "peak RSS", "extra mem", "check err"]
                             + (approx ? ["err vs flash", "flash (1 run)", "speed-up"] : []),
-                          rightAligned: Set(0..<10))
+                          rightAligned: Set(0..<11))
     for r in rows {
-      table.add([String(r.n), formatSeconds(r.medianSeconds), formatSeconds(r.minSeconds), String(format: "%.1f", r.gflops),
-                 formatBytes(r.peakResidentBytes), formatBytes(r.extraBytes), String(format: "%.1e", r.checkError)]
+      table.add([String(r.n), formatSeconds(r.medianSeconds), formatSeconds(r.minSeconds), formatSeconds(r.cpuSeconds), String(format: "%.1f", r.gflops),
+                 formatBytes(r.peakResidentBytes), r.extraBytes.map(formatBytes) ?? "—", String(format: "%.1e", r.checkError)]
                 + (approx ? [r.errorVsFlash.map { String(format: "%.2e", $0) } ?? "—",
                              r.flashSeconds.map(formatSeconds) ?? "—",
                              r.flashSeconds.map { String(format: "%.1f×", $0 / r.medianSeconds) } ?? "—"] : []))
+    }
+    print(table.render())
+  }
+}
+
+extension BenchCommand {
+  /// `--backward`: forward and backward rates side by side.
+  func runBackward(_ bench: BackwardBench) throws {
+    let config = bench.config
+    if !json {
+      print(BuildInfo.summary)
+      print("\(MachineInfo.cpuModel), \(MachineInfo.cores) cores, \(config.threads) threads")
+      print("method flash backward \(bench.method.parameterValues.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))"
+            + "  B=\(batch) H=\(heads) Hkv=\(config.kvHeads) D=\(dim) \(causal ? "causal" : "non-causal") data=\(data.rawValue)")
+    }
+    let rows = try bench.run { row in
+      if !json { note(String(format: "  N=%d done: forward %.1f ms, backward %.1f ms", row.n, row.forwardMedianSeconds * 1e3, row.backwardMedianSeconds * 1e3)) }
+    }
+    if json {
+      struct Report: Encodable {
+        var build: String, flags: String, cpu: String, threads: Int, method: String, parameters: [String: String]
+        var batch: Int, heads: Int, kvHeads: Int, dim: Int, causal: Bool, data: String
+        var rows: [BackwardBench.Row]
+      }
+      let r = Report(build: BuildInfo.summary, flags: BuildInfo.flags, cpu: MachineInfo.cpuModel, threads: config.threads,
+                     method: "flash", parameters: bench.method.parameterValues, batch: batch, heads: heads, kvHeads: config.kvHeads,
+                     dim: dim, causal: causal, data: data.rawValue, rows: rows)
+      let enc = JSONEncoder()
+      enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+      print(String(decoding: try enc.encode(r), as: UTF8.self))
+      return
+    }
+    var table = TextTable(header: ["N", "forward", "fwd GFLOP/s", "backward", "bwd min", "bwd GFLOP/s", "bwd/fwd rate", "peak RSS", "dQ check err"],
+                          rightAligned: Set(0..<9))
+    for r in rows {
+      table.add([String(r.n), formatSeconds(r.forwardMedianSeconds), String(format: "%.1f", r.forwardGflops),
+                 formatSeconds(r.backwardMedianSeconds), formatSeconds(r.backwardMinSeconds), String(format: "%.1f", r.backwardGflops),
+                 String(format: "%.2f", r.rateRatio), formatBytes(r.peakResidentBytes), String(format: "%.1e", r.checkError)])
     }
     print(table.render())
   }

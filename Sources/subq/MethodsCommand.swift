@@ -9,7 +9,8 @@ struct MethodsCommand: ParsableCommand {
   func run() throws {
     for t in AttentionMethods.all {
       let i = t.info
-      print("\(i.name)  \(i.isExact ? "[exact]" : "[approximate]")")
+      let kind = i.isExact ? "[exact]" : t is any PatternAttentionMethod.Type ? "[exact over its key pattern]" : "[approximate]"
+      print("\(i.name)  \(kind)")
       print("  \(i.summary)")
       print("  complexity: \(i.complexity)")
       print("  paper: \(i.paper)")

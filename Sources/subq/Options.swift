@@ -15,7 +15,7 @@ struct MaskOptions: ParsableArguments {
   @Option(name: .customLong("causal-align"), help: "Where the causal diagonal sits when Nq ≠ Nk: bottom-right (flash-attn) or top-left (PyTorch).")
   var causalAlign: CausalAlignment = .bottomRight
 
-  @Option(parsing: .unconditional, help: "Sliding window L,R: query i sees keys i+off−L … i+off+R; -1 is unbounded.")
+  @Option(parsing: .unconditional, help: "Sliding window L,R: query i sees keys i+off−L … i+off+R; -1 is unbounded. With --method sinks: the recent-window size W.")
   var window: String?
 
   @Option(help: "Logit soft-capping value c > 0: s = c·tanh(s/c).")

@@ -13,10 +13,25 @@ struct Subq: ParsableCommand {
     abstract: "Fast attention and sequence mixers for long sequences, on CPUs.",
     version: BuildInfo.version,
     subcommands: [
+      CompareCommand.self,
       AttentionCommand.self,
+      AttentionBackwardCommand.self,
+      DecodeBenchCommand.self,
       BenchCommand.self,
+      SparseBenchCommand.self,
       PeakCommand.self,
       MethodsCommand.self,
+      RingCommand.self,
+      MixCommand.self,
+      MixBenchCommand.self,
+      ScanCommand.self,
+      SSDCommand.self,
+      TitansCommand.self,
+      ScanBenchCommand.self,
+      GenerateCommand.self,
+      PerplexityCommand.self,
+      NeedleCommand.self,
+      TokenizeCommand.self,
     ])
 
   static func main() {

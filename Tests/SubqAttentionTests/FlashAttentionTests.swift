@@ -144,4 +144,56 @@ struct FlashForwardTests {
     guard bq % 64 == 0 else { return }
     try check(Case(hq: 2, hkv: 1, nq: 300, nk: 257, d: 40, dv: 40, causal: true), method: try FlashAttention(blockQ: bq, blockK: bk))
   }
+
+  /// Scores that keep growing along the keys force the lazy softmax shift to move inside and
+  /// across key blocks; scores spanning hundreds of log units must still give the exact result.
+  @Test("growing scores move the softmax shift", arguments: [false, true])
+  func growingScores(causal: Bool) throws {
+    let seed = testSeed()
+    let (n, d) = (300, 32)
+    let q = Tensor.randomNormal(shape: [1, 2, n, d], seed: seed)
+    var k = Tensor.randomNormal(shape: [1, 2, n, d], seed: seed + 1)
+    k.withUnsafeMutableBufferPointer { p in
+      for h in 0..<2 { for j in 0..<n { for x in 0..<d { p[(h * n + j) * d + x] *= 1 + Float(j) / 15 } } }
+    }
+    let v = Tensor.randomNormal(shape: [1, 2, n, d], seed: seed + 2)
+    let opts = AttentionOptions(causal: causal, returnLSE: true)
+    let ref = try NaiveAttention.reference(queries: q, keys: k, values: v, options: opts)
+    for bk in [1, 7, 96] {
+      let r = try FlashAttention(blockK: bk).attention(queries: q, keys: k, values: v, options: opts)
+      let err = relativeError(r.output, ref.output)
+      #expect(err <= 1e-5, "block-k \(bk) error \(err) seed \(seed)")
+      let (lerr, _) = worstRelative(r.lse!, ref.lse)
+      #expect(lerr <= 1e-5, "block-k \(bk) lse error \(lerr) seed \(seed)")
+    }
+  }
+
+  /// Adding the same constant to every logit of a row changes nothing but the log-sum-exp;
+  /// offsets of ±80 (e^80 overflows Float) must not overflow.
+  @Test("logit offsets of ±80", arguments: [-80.0, 80.0] as [Float])
+  func logitOffset(offset: Float) throws {
+    let seed = testSeed()
+    let (n, d) = (130, 16)
+    let base = Tensor.randomNormal(shape: [1, 1, n, d], seed: seed)
+    let k = Tensor.randomNormal(shape: [1, 1, n, d], seed: seed + 1)
+    let v = Tensor.randomNormal(shape: [1, 1, n, d], seed: seed + 2)
+    // One extra dimension: q gets offset·√(D+1), k gets 1, so every score moves by `offset`.
+    func widen(_ t: Tensor, extra: Float) -> Tensor {
+      Tensor(shape: [1, 1, n, d + 1]) { p in
+        for i in 0..<n { for x in 0..<d { p[i * (d + 1) + x] = t[0, 0, i, x] }; p[i * (d + 1) + d] = extra }
+      }
+    }
+    let tau = 1 / Float(d + 1).squareRoot()
+    let q1 = widen(base, extra: offset / tau), k1 = widen(k, extra: 1)
+    let q0 = widen(base, extra: 0)
+    let opts = AttentionOptions(causal: true, returnLSE: true)
+    let shifted = try FlashAttention().attention(queries: q1, keys: k1, values: v, options: opts)
+    let plain = try FlashAttention().attention(queries: q0, keys: k1, values: v, options: opts)
+    #expect(!hasNaN(shifted.output))
+    #expect(relativeError(shifted.output, plain.output) <= 1e-5)
+    for i in 0..<n {
+      let dl = Double(shifted.lse![0, 0, i]) - Double(plain.lse![0, 0, i])
+      #expect(abs(dl - Double(offset)) <= 1e-4 * 80, "row \(i): lse moved by \(dl)")
+    }
+  }
 }

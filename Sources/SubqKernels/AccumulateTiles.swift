@@ -1,0 +1,32 @@
+/// Register-blocked tiles that accumulate a product into a matrix kept in memory:
+///
+///     C[r][·] += Σ_k a_r[k] · B[k][·]          (6 rows r, up to `maxVectors` lane vectors of columns)
+///
+/// The six `a_r` are rows of scalars (each broadcast once per k); B is row-major with lane vectors
+/// along its columns; C is loaded once, accumulated in registers over the whole depth, and stored
+/// once. The FlashAttention backward pass uses them for dV += Pᵀ·dO and dK += dSᵀ·Q, where the
+/// scalar rows are rows of the transposed probability and score-gradient blocks (one per key, the
+/// query index running along them) and B is a block of dO or Q rows.
+package enum AccumulateTiles {
+  /// Rows per tile.
+  package static let rows = 6
+  /// The widest tile this build uses, in lane vectors: 4 on AVX-512 (24 zmm accumulators), 2
+  /// elsewhere (12 ymm or NEON accumulators; wider tiles would spill).
+  package static let maxVectors = tileVectors
+
+  /// The tile with `vectors` lane vectors (1 ≤ vectors ≤ 4; at most ``maxVectors`` to avoid spills).
+  @inlinable @inline(__always)
+  package static func accTile(
+    vectors: Int,
+    _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>, _ a2: UnsafePointer<Float>,
+    _ a3: UnsafePointer<Float>, _ a4: UnsafePointer<Float>, _ a5: UnsafePointer<Float>,
+    depth: Int, b: UnsafePointer<Lane>, bStride: Int, c: UnsafeMutablePointer<Lane>, cStride: Int
+  ) {
+    switch vectors {
+    case 4: accTile4(a0, a1, a2, a3, a4, a5, depth: depth, b: b, bStride: bStride, c: c, cStride: cStride)
+    case 3: accTile3(a0, a1, a2, a3, a4, a5, depth: depth, b: b, bStride: bStride, c: c, cStride: cStride)
+    case 2: accTile2(a0, a1, a2, a3, a4, a5, depth: depth, b: b, bStride: bStride, c: c, cStride: cStride)
+    default: accTile1(a0, a1, a2, a3, a4, a5, depth: depth, b: b, bStride: bStride, c: c, cStride: cStride)
+    }
+  }
+}

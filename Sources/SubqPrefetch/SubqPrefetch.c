@@ -1,3 +1,0 @@
-// The prefetch hint lives in include/SubqPrefetch.h as an inline function; SwiftPM needs one
-// translation unit per C target.
-#include "SubqPrefetch.h"

@@ -1,0 +1,704 @@
+import Foundation
+import SubqAttention
+import SubqCore
+import SubqKernels
+
+/// Neighborhood attention (NATTEN's definition): every token of a 1-, 2- or 3-D grid attends to
+/// the keys in a window around it.
+///
+/// The sequence axis of Q, K and V is the grid flattened in row-major order (last axis fastest), so
+/// `N = ∏ grid` and Nq = Nk. Each axis has a window size k, a dilation δ and a causal flag; the rule
+/// on one axis is ``NeighborhoodAxis`` and a key is visible when it is visible on every axis.
+/// Non-causal windows shift at the borders, so every query sees exactly ∏k keys; causal windows do
+/// not. Optionally a relative positional bias `B[h, Δ₁ + k₁ − 1, …]` (one table per query head of
+/// shape `(2k₁−1) × … ` as in NAT, Δ = key − query in dilation-group coordinates) is added to the
+/// scores, after the softcap when there is one:
+///
+///     s = τ · q_i · k_j  (+ softcap)  + B[h, Δ]      O_i = Σ_{j ∈ window(i)} softmax(s)_j · v_j
+///
+/// Kernel: the queries of one grid row go on the SIMD lanes; K and V are packed once per key/value
+/// head as transposed, zero-padded rows (`[row][d][column]`), so that for a relative key offset o
+/// one unaligned vector load gives every lane its own key (column + o). Each (query, key) pair is
+/// computed once: there is no halo and no dense mask. Up to three neighboring grid rows share each
+/// key load (register tiles from `scripts/gen-neighborhood-tiles.py`). Border lanes, whose windows
+/// are shifted, are handled by widening the offset range of their vector and masking per lane.
+/// Softmax is online over chunks of at most ~512 keys per query (one chunk for 2-D 7×7); scores are
+/// kept in log2 units as in ``FlashAttention``. Work items are runs of bands of grid rows; each
+/// worker keeps the packed K/V rows of its current band in a small cache, prefetches the next
+/// band's rows and the next tile's queries while it computes, and checks Q, K and V for NaN/±∞ as
+/// it packs them (raising the same error as the up-front check, without a separate pass).
+///
+/// Differences from NATTEN: no stride (GNA) parameter; kernel size 1 is allowed (it attends to the
+/// own index on that axis); the layout is Subquadratic's `[B, H, N, D]` (or bshd) with the grid
+/// flattened, not NATTEN's heads-last `[B, X, Y, H, D]`; RPB (dropped in NATTEN ≥ 0.20) is
+/// supported, also with causal axes, where only the entries Δ ≤ 0 are used.
+///
+/// - Complexity: O(B·Hq·N·∏k·(D + Dv)) time; O(N·(D + Dv)) extra memory for the packed K/V of one
+///   key/value head, plus O(threads·(D + Dv + 512)) scratch.
+public struct NeighborhoodAttention: PatternAttentionMethod {
+  public static let info = MethodInfo(
+    name: "neighborhood",
+    summary: "Neighborhood attention on a 1/2/3-D token grid (NATTEN rule): window, dilation, causal per axis, optional RPB",
+    paper: "Hassani et al., Neighborhood Attention Transformer (2022); Faster Neighborhood Attention (2024)",
+    complexity: "O(N·∏k·D) time, O(N·D) extra memory",
+    isExact: false,
+    parameters: [
+      MethodParameter("grid", default: "", "token grid, row-major, e.g. 128x128 or 8x32x32 (empty: 1-D of the sequence length)"),
+      MethodParameter("kernel", default: "7", "window size per axis, e.g. 7x7 (one value: every axis)"),
+      MethodParameter("dilation", default: "1", "dilation per axis, e.g. 2x2 (one value: every axis)"),
+      MethodParameter("causal-axes", default: "0", "causal flag per axis, e.g. 1,0 (one value: every axis)"),
+      MethodParameter("rpb", default: "", "relative positional bias .npy of shape [Hq, 2k₁−1, …] (empty: none)"),
+    ],
+    supportedFeatures: ["softcap"])
+
+  /// Grid extents, outermost first; `nil` is a 1-D grid of the sequence length.
+  public let grid: [Int]?
+  /// Window size per axis (one entry: every axis).
+  public let kernel: [Int]
+  /// Dilation per axis (one entry: every axis).
+  public let dilation: [Int]
+  /// Causal flag per axis (one entry: every axis).
+  public let causalAxes: [Bool]
+  /// Relative positional bias `[Hq, 2k₁−1, …]`, one table per query head, or nil.
+  public let relativePositionBias: Tensor?
+  /// Where the bias came from, for reports.
+  let rpbSource: String
+
+  static let op = "attention.neighborhood"
+
+  /// - Parameters:
+  ///   - grid: grid extents (1 to 3 axes, each ≥ 1), row-major; nil for a 1-D grid of the sequence.
+  ///   - kernel: window size per axis (≥ 1), or one value for every axis.
+  ///   - dilation: dilation per axis (≥ 1), or one value; `kernel · dilation ≤ length` on every axis.
+  ///   - causalAxes: causal flag per axis, or one value.
+  ///   - relativePositionBias: `[Hq, 2k₁−1, …]` (checked against the heads at call time).
+  /// - Throws: ``SubqError/argument(op:name:value:reason:)`` for a list of the wrong length or an
+  ///   out-of-range value.
+  public init(
+    grid: [Int]? = nil, kernel: [Int], dilation: [Int] = [1], causalAxes: [Bool] = [false],
+    relativePositionBias: Tensor? = nil
+  ) throws(SubqError) {
+    try self.init(grid: grid, kernel: kernel, dilation: dilation, causalAxes: causalAxes,
+                  relativePositionBias: relativePositionBias, rpbSource: relativePositionBias == nil ? "" : "tensor")
+  }
+
+  init(grid: [Int]?, kernel: [Int], dilation: [Int], causalAxes: [Bool], relativePositionBias: Tensor?, rpbSource: String) throws(SubqError) {
+    let op = Self.op
+    let rank = grid?.count ?? 1
+    func text(_ a: [Int]) -> String { a.map(String.init).joined(separator: "x") }
+    if let grid {
+      guard (1...3).contains(grid.count) else { throw .argument(op: op, name: "grid", value: text(grid), reason: "expected 1 to 3 axes") }
+      for g in grid where g < 1 { throw .argument(op: op, name: "grid", value: text(grid), reason: "extents must be at least 1") }
+    }
+    for (name, list) in [("kernel", kernel), ("dilation", dilation)] {
+      guard list.count == 1 || list.count == rank else {
+        throw .argument(op: op, name: name, value: text(list), reason: "expected 1 or \(rank) values (one per grid axis)")
+      }
+      for v in list where v < 1 { throw .argument(op: op, name: name, value: text(list), reason: "values must be at least 1") }
+    }
+    guard causalAxes.count == 1 || causalAxes.count == rank else {
+      throw .argument(op: op, name: "causal-axes", value: causalAxes.map { $0 ? "1" : "0" }.joined(separator: ","),
+                      reason: "expected 1 or \(rank) values (one per grid axis)")
+    }
+    self.grid = grid
+    self.kernel = kernel
+    self.dilation = dilation
+    self.causalAxes = causalAxes
+    self.relativePositionBias = relativePositionBias
+    self.rpbSource = rpbSource
+    if let grid { _ = try axes(length: grid.reduce(1, *)) }
+  }
+
+  public init(parameters: MethodParameters) throws(SubqError) {
+    let info = Self.info
+    try parameters.validate(for: info)
+    func text(_ name: String) -> String {
+      parameters.values[name] ?? info.parameters.first { $0.name == name }!.defaultValue
+    }
+    let gridText = text("grid")
+    let grid = gridText.isEmpty ? nil : try GridText.integers(gridText, name: "grid", op: Self.op)
+    let kernel = try GridText.integers(text("kernel"), name: "kernel", op: Self.op)
+    let dilation = try GridText.integers(text("dilation"), name: "dilation", op: Self.op)
+    let causal = try GridText.booleans(text("causal-axes"), name: "causal-axes", op: Self.op)
+    let path = parameters.values["rpb"] ?? ""
+    let rpb = path.isEmpty ? nil : try NPY.read(path)
+    try self.init(grid: grid, kernel: kernel, dilation: dilation, causalAxes: causal, relativePositionBias: rpb, rpbSource: path)
+  }
+
+  public var parameterValues: [String: String] {
+    func text(_ a: [Int]) -> String { a.map(String.init).joined(separator: "x") }
+    return ["grid": grid.map(text) ?? "", "kernel": text(kernel), "dilation": text(dilation),
+            "causal-axes": causalAxes.map { $0 ? "1" : "0" }.joined(separator: ","), "rpb": rpbSource]
+  }
+
+  /// The axes for a sequence of `length` tokens.
+  /// - Throws: when the grid does not hold `length` tokens or a window does not fit its axis.
+  public func axes(length: Int) throws(SubqError) -> [NeighborhoodAxis] {
+    let g = grid ?? [length]
+    func text(_ a: [Int]) -> String { a.map(String.init).joined(separator: "x") }
+    guard g.reduce(1, *) == length else {
+      throw .argument(op: Self.op, name: "grid", value: text(g), reason: "holds \(g.reduce(1, *)) tokens but the sequence has \(length)")
+    }
+    var out: [NeighborhoodAxis] = []
+    for a in 0..<g.count {
+      let k = kernel.count == 1 ? kernel[0] : kernel[a]
+      let d = dilation.count == 1 ? dilation[0] : dilation[a]
+      let c = causalAxes.count == 1 ? causalAxes[0] : causalAxes[a]
+      guard k * d <= g[a] else {
+        throw .argument(op: Self.op, name: "kernel", value: text(kernel),
+                        reason: "axis \(a): kernel \(k) × dilation \(d) exceeds the axis length \(g[a])")
+      }
+      out.append(NeighborhoodAxis(length: g[a], kernel: k, dilation: d, causal: c))
+    }
+    return out
+  }
+
+  /// Validates a call and resolves the axes and the bias.
+  func prepare(queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions) throws(SubqError) -> (AttentionProblem, [NeighborhoodAxis]) {
+    let p = try AttentionProblem.validate(op: Self.op, queries: queries, keys: keys, values: values, options: options)
+    try Self.info.check(options)
+    guard p.queryLength == p.keyLength else {
+      throw .shape(op: Self.op, tensor: "K", shape: keys.shape,
+                   reason: "neighborhood attention is self-attention on a grid: key length \(p.keyLength) must equal query length \(p.queryLength)")
+    }
+    let axes = try axes(length: p.queryLength)
+    if let t = relativePositionBias {
+      let expect = [p.queryHeads] + axes.map { 2 * $0.kernel - 1 }
+      guard t.shape == expect else {
+        throw .shape(op: Self.op, tensor: "rpb", shape: t.shape, reason: "expected \(expect): [Hq] then 2k−1 per grid axis")
+      }
+      if let bad = t.firstNonFinite() {
+        throw .nonFinite(op: Self.op, tensor: "rpb", index: t.index(ofFlat: bad), value: SubqError.describe(t[flat: bad]))
+      }
+    }
+    return (p, axes)
+  }
+
+  public func attention(queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions) throws(SubqError) -> AttentionResult {
+    // The kernel reads every element of Q, K and V once anyway, so the finiteness check is fused
+    // into it (same error, raised before returning) instead of a separate pass over the inputs.
+    var relaxed = options
+    relaxed.allowNonFinite = true
+    let (p, axes) = try prepare(queries: queries, keys: keys, values: values, options: relaxed)
+    let plan = NeighborhoodPlan(p, axes: axes, bias: relativePositionBias)
+    var nonFinite = false
+    var out = Tensor(shape: p.outputShape) { _ in }
+    var lse: Tensor? = p.returnLSE ? Tensor(shape: p.lseShape) { _ in } : nil
+    queries.withUnsafeBufferPointer { q in
+      keys.withUnsafeBufferPointer { k in
+        values.withUnsafeBufferPointer { v in
+          out.withUnsafeMutableBufferPointer { o in
+            if lse != nil {
+              lse!.withUnsafeMutableBufferPointer { l in
+                nonFinite = plan.forward(q: q.baseAddress!, k: k.baseAddress!, v: v.baseAddress!, out: o.baseAddress!, lse: l.baseAddress!)
+              }
+            } else {
+              nonFinite = plan.forward(q: q.baseAddress!, k: k.baseAddress!, v: v.baseAddress!, out: o.baseAddress!, lse: nil)
+            }
+          }
+        }
+      }
+    }
+    if nonFinite && !options.allowNonFinite {
+      // Raises the same error as the up-front check would have.
+      _ = try AttentionProblem.validate(op: Self.op, queries: queries, keys: keys, values: values, options: options)
+    }
+    return AttentionResult(output: out, lse: lse)
+  }
+
+  public func attendedPairs(queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions) throws(SubqError) -> Double {
+    let (p, axes) = try prepare(queries: queries, keys: keys, values: values, options: options)
+    return Double(p.batch * p.queryHeads) * axes.reduce(1.0) { $0 * Double($1.totalWindow) }
+  }
+
+  public func selectedKeys(queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions, rows: [QueryRow]) throws(SubqError) -> [[Int]] {
+    let (p, axes) = try prepare(queries: queries, keys: keys, values: values, options: options)
+    for r in rows where r.batch < 0 || r.batch >= p.batch || r.head < 0 || r.head >= p.queryHeads || r.row < 0 || r.row >= p.queryLength {
+      throw .argument(op: Self.op, name: "rows", value: "(\(r.batch), \(r.head), \(r.row))", reason: "outside [B, Hq, Nq] = [\(p.batch), \(p.queryHeads), \(p.queryLength)]")
+    }
+    return rows.map { r in Self.window(of: r.row, axes: axes) }
+  }
+
+  /// The flat key positions (ascending) that flat query position `i` sees on a grid of `axes`.
+  public static func window(of i: Int, axes: [NeighborhoodAxis]) -> [Int] {
+    var coords = [Int](repeating: 0, count: axes.count)
+    var rest = i
+    for a in stride(from: axes.count - 1, through: 0, by: -1) {
+      coords[a] = rest % axes[a].length
+      rest /= axes[a].length
+    }
+    var flat = [0]
+    for a in 0..<axes.count {
+      let w = axes[a].window(of: coords[a])
+      flat = flat.flatMap { base in w.map { base * axes[a].length + $0 } }
+    }
+    return flat
+  }
+}
+
+/// Namespace of the generated neighborhood register tiles.
+enum NeighborhoodTiles {}
+
+/// One dilation group of the grid: a non-dilated sub-grid.
+struct NeighborhoodSubgrid: Sendable {
+  var g0: Int, g1: Int, g2: Int
+  var n0: Int, n1: Int, n2: Int
+}
+
+/// A unit of work: grid rows `c1Start ..< c1End` of plane `c0` of one sub-grid, for one query head,
+/// processed in bands of `rowsPerTile` rows, each band one lane vector at a time.
+struct NeighborhoodItem: Sendable {
+  var batch: Int32, head: Int32, subgrid: Int32, c0: Int32, c1Start: Int32, c1End: Int32
+}
+
+/// Geometry, packing and the kernel of one neighborhood-attention call.
+///
+/// Each worker keeps the K/V rows its current band needs packed in a small cache of slots
+/// (`kernel₀ × (kernel₁ + rowsPerTile − 1)` rows, indexed by key coordinates modulo those sizes),
+/// so walking the bands of an item in order packs every key row about once and the packed rows stay
+/// in the worker's cache.
+struct NeighborhoodPlan: Sendable {
+  let p: AttentionProblem
+  /// Axes normalized to three (leading trivial axes of length 1); axis 2 runs along the lanes and
+  /// axis 1 is shared by the rows of a tile.
+  let ax0: NeighborhoodAxis, ax1: NeighborhoodAxis, ax2: NeighborhoodAxis
+  let subgrids: [NeighborhoodSubgrid]
+  let items: [NeighborhoodItem]
+  let rowsPerTile: Int
+  /// Packed row geometry: columns left of position 0, floats per packed row (per channel).
+  let padL: Int, rowStride: Int, maxN2: Int
+  /// Row cache: slots per worker (`slotsZ × slotsX`), floats per slot (K then V).
+  let slotsZ: Int, slotsX: Int, slotFloats: Int
+  /// Largest rows-per-plane product, for the cache tags.
+  let tagRows: Int
+  /// Chunk sizes (key rows × offsets) of the online softmax.
+  let chunkX: Int, chunkO: Int
+  /// Bias in log2 units per query head, `[Hq][(2k₀−1)(2k₁−1)(2k₂−1)]`.
+  let bias: [Float]?
+  let biasStride: Int
+  let scratchFloats: Int
+  let qtOff: Int, otOff: Int, sOff: Int, vecOff: Int, tOff: Int, slotOff: Int
+
+  static let log2e: Float = 1.442_695_040_888_963_4
+  static let ln2: Float = 0.693_147_180_559_945_3
+
+  init(_ p: AttentionProblem, axes: [NeighborhoodAxis], bias: Tensor?) {
+    self.p = p
+    let trivial = NeighborhoodAxis(length: 1, kernel: 1)
+    let a3 = [NeighborhoodAxis](repeating: trivial, count: 3 - axes.count) + axes
+    ax0 = a3[0]; ax1 = a3[1]; ax2 = a3[2]
+    let Lw = laneWidth
+    #if SUBQ_AVX512
+    rowsPerTile = 3
+    #else
+    rowsPerTile = 2
+    #endif
+    let R = rowsPerTile
+    padL = ax2.kernel - 1
+    maxN2 = ax2.groupLength(0)
+    rowStride = (padL + maxN2 + Lw + ax2.kernel + 15) / 16 * 16
+    var sgs: [NeighborhoodSubgrid] = []
+    for g0 in 0..<ax0.dilation {
+      for g1 in 0..<ax1.dilation {
+        for g2 in 0..<ax2.dilation {
+          sgs.append(NeighborhoodSubgrid(g0: g0, g1: g1, g2: g2, n0: ax0.groupLength(g0), n1: ax1.groupLength(g1), n2: ax2.groupLength(g2)))
+        }
+      }
+    }
+    subgrids = sgs
+    tagRows = sgs.map { $0.n0 * $0.n1 }.max() ?? 1
+    // Split each (head, sub-grid, plane) into contiguous runs of bands: enough items to keep every
+    // thread busy, few enough that the halo rows repacked at run boundaries stay cheap.
+    let planes = sgs.reduce(0) { $0 + $1.n0 }
+    let wanted = max(1, (2 * p.threads + p.batch * p.queryHeads * planes - 1) / (p.batch * p.queryHeads * planes))
+    var items: [NeighborhoodItem] = []
+    for b in 0..<p.batch {
+      for h in 0..<p.queryHeads {
+        for (si, s) in sgs.enumerated() {
+          let bands = (s.n1 + R - 1) / R
+          let parts = max(1, min(wanted, bands / 4))
+          for c0 in 0..<s.n0 {
+            for part in 0..<parts {
+              let a = bands * part / parts * R, z = min(s.n1, bands * (part + 1) / parts * R)
+              if a < z {
+                items.append(NeighborhoodItem(batch: Int32(b), head: Int32(h), subgrid: Int32(si), c0: Int32(c0),
+                                              c1Start: Int32(a), c1End: Int32(z)))
+              }
+            }
+          }
+        }
+      }
+    }
+    self.items = items
+    slotsZ = ax0.kernel
+    slotsX = ax1.kernel + R - 1
+    slotFloats = (p.headDim + p.valueDim) * rowStride
+    chunkO = min(2 * ax2.kernel - 1, 256)
+    chunkX = min(ax1.kernel + R - 1, max(1, 512 / chunkO))
+    let b0 = 2 * ax0.kernel - 1, b1 = 2 * ax1.kernel - 1, b2 = 2 * ax2.kernel - 1
+    biasStride = b0 * b1 * b2
+    self.bias = bias.map { t in t.scalars.map { $0 * NeighborhoodPlan.log2e } }
+    // Scratch (floats): Qᵀ [R][D] lanes, Oᵀ [R][Dv] lanes, scores [R][chunkX][chunkO] lanes,
+    // m[R], l[R], lo, hi lanes, a transpose block, then the row cache.
+    qtOff = 0
+    otOff = qtOff + R * p.headDim * Lw + 16
+    sOff = otOff + R * p.valueDim * Lw + 16
+    vecOff = sOff + R * chunkX * chunkO * Lw + 16
+    tOff = vecOff + (2 * R + 2) * Lw + 16
+    slotOff = (tOff + Lw * Lw + 16 + 15) / 16 * 16
+    scratchFloats = slotOff + slotsZ * slotsX * slotFloats + 16
+  }
+
+  /// Flat sequence position of sub-grid coordinates.
+  @inline(__always) func position(_ s: NeighborhoodSubgrid, _ c0: Int, _ c1: Int, _ c2: Int) -> Int {
+    ((s.g0 + ax0.dilation * c0) * ax1.length + (s.g1 + ax1.dilation * c1)) * ax2.length + (s.g2 + ax2.dilation * c2)
+  }
+
+  /// Offsets per register tile for `rows` query vectors (register budget: 32 vectors on AVX-512,
+  /// 16 on AVX2 and NEON).
+  @inline(__always) func maxWidth(_ rows: Int) -> Int {
+    #if SUBQ_AVX512
+    return rows == 3 ? 7 : 8
+    #else
+    return rows == 2 ? 4 : 8
+    #endif
+  }
+
+  /// Cache slot of key row (z, x).
+  @inline(__always) func slotIndex(_ z: Int, _ x: Int) -> Int { (z % slotsZ) * slotsX + x % slotsX }
+
+  /// Runs the kernel; returns whether any element of Q, K or V read was NaN or ±∞.
+  func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+               lse: UnsafeMutablePointer<Float>?) -> Bool {
+    let workers = Parallel.workers(for: items.count, threads: p.threads)
+    let scratch = AlignedBuffer<Float>(count: workers * scratchFloats)
+    let perWorker = slotsZ * slotsX + 1  // cache tags, then the non-finite flag
+    let tags = AlignedBuffer<Int>(count: workers * perWorker)
+    for w in 0..<workers {
+      (tags.pointer + w * perWorker).update(repeating: -1, count: perWorker - 1)
+      tags.pointer[w * perWorker + perWorker - 1] = 0
+    }
+    let qp = SendablePointer(q), kp = SendablePointer(k), vp = SendablePointer(v), op = SendablePointer(out)
+    let lp = lse.map { SendablePointer($0) }
+    let sp = SendablePointer(scratch.pointer), tp = SendablePointer(tags.pointer)
+    Parallel.forEach(items.count, threads: workers) { item, worker in
+      self.run(self.items[item], q: qp.pointer, k: kp.pointer, v: vp.pointer, out: op.pointer, lse: lp?.pointer,
+               scratch: sp.pointer + worker * self.scratchFloats, tags: tp.pointer + worker * perWorker)
+    }
+    var nonFinite = false
+    for w in 0..<workers where tags.pointer[w * perWorker + perWorker - 1] != 0 { nonFinite = true }
+    withExtendedLifetime(scratch) {}
+    withExtendedLifetime(tags) {}
+    return nonFinite
+  }
+
+  /// Packs key row (z, x) of sub-grid `s` into `slot`: K as `[d][padL + c]`, then V as `[c][padL + col]`.
+  /// `check` accumulates `x − x` over everything read: NaN afterwards means a non-finite input.
+  func pack(b: Int, g: Int, _ s: NeighborhoodSubgrid, z: Int, x: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+            slot: UnsafeMutablePointer<Float>, block: UnsafeMutablePointer<Lane>, check: inout Lane) {
+    let D = p.headDim, Dv = p.valueDim, Lw = laneWidth
+    let rev = LaneTranspose.reversed
+    for (src, rows, width, dst) in [(k, p.keyRows, D, slot + padL), (v, p.valueRows, Dv, slot + D * rowStride + padL)] {
+      var c2 = 0
+      while c2 + Lw <= s.n2 {
+        var d0 = 0
+        while d0 + Lw <= width {
+          for r in 0..<Lw {
+            let e = loadLane(src + rows.offset(batch: b, head: g, row: position(s, z, x, c2 + rev[r])) + d0)
+            block[r] = e
+            check += e - e
+          }
+          LaneTranspose.transpose(block)
+          for d in 0..<Lw { storeLane(block[rev[d]], dst + (d0 + d) * rowStride + c2) }
+          d0 += Lw
+        }
+        if d0 < width {
+          for l in 0..<Lw {
+            let row = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2 + l))
+            for d in d0..<width { dst[d * rowStride + c2 + l] = row[d]; check[0] += row[d] - row[d] }
+          }
+        }
+        c2 += Lw
+      }
+      while c2 < s.n2 {
+        let row = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2))
+        for d in 0..<width { dst[d * rowStride + c2] = row[d]; check[0] += row[d] - row[d] }
+        c2 += 1
+      }
+      // A shorter sub-grid row leaves the slot's previous columns: clear them.
+      if s.n2 < maxN2 { for d in 0..<width { for c in s.n2..<maxN2 { dst[d * rowStride + c] = 0 } } }
+    }
+  }
+
+  /// Computes one item: its bands of rows, one lane vector at a time.
+  func run(_ it: NeighborhoodItem, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+           out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?, scratch: UnsafeMutablePointer<Float>,
+           tags: UnsafeMutablePointer<Int>) {
+    let b = Int(it.batch), h = Int(it.head), si = Int(it.subgrid), c0 = Int(it.c0)
+    let s = subgrids[si]
+    let g = p.kvHead(h)
+    let slots = scratch + slotOff
+    let block = UnsafeMutableRawPointer(scratch + tOff).assumingMemoryBound(to: Lane.self)
+    let zStart = ax0.windowStart(c0, groupLength: s.n0), zCount = ax0.windowCount(c0)
+    var check = Lane()
+    var c1 = Int(it.c1Start)
+    while c1 < Int(it.c1End) {
+      let R = min(rowsPerTile, Int(it.c1End) - c1)
+      // Key rows of the band's windows, packed unless the cache already holds them.
+      let xLo = ax1.windowStart(c1, groupLength: s.n1)
+      let xHi = ax1.windowStart(c1 + R - 1, groupLength: s.n1) + ax1.windowCount(c1 + R - 1)
+      for z in zStart..<(zStart + zCount) {
+        for x in xLo..<xHi {
+          let slot = slotIndex(z, x)
+          let tag = ((b * p.keyValueHeads + g) * subgrids.count + si) * tagRows + z * s.n1 + x
+          if tags[slot] != tag {
+            pack(b: b, g: g, s, z: z, x: x, k: k, v: v, slot: slots + slot * slotFloats, block: block, check: &check)
+            tags[slot] = tag
+          }
+        }
+      }
+      // The next band's new key rows, prefetched a share per tile while this band computes.
+      let next = c1 + R
+      let nextR = min(rowsPerTile, Int(it.c1End) - next)
+      let newRows = nextR > 0
+        ? max(xHi, ax1.windowStart(next, groupLength: s.n1))..<(ax1.windowStart(next + nextR - 1, groupLength: s.n1) + ax1.windowCount(next + nextR - 1))
+        : 0..<0
+      let tiles = (s.n2 + laneWidth - 1) / laneWidth
+      var t = 0
+      for i0 in stride(from: 0, to: s.n2, by: laneWidth) {
+        // This band's next tile (or the next band's first): its queries and output rows.
+        let (pc1, pi0, pR) = i0 + laneWidth < s.n2 ? (c1, i0 + laneWidth, R) : (next, 0, nextR)
+        for r in 0..<max(0, pR) {
+          for l in 0..<min(laneWidth, s.n2 - pi0) {
+            let pos = position(s, c0, pc1 + r, pi0 + l)
+            let qRow = q + p.queryRows.offset(batch: b, head: h, row: pos)
+            let oRow = out + p.outputRows.offset(batch: b, head: h, row: pos)
+            for d in stride(from: 0, to: p.headDim, by: 16) { prefetchRead(qRow + d) }
+            for c in stride(from: 0, to: p.valueDim, by: 16) { prefetchWrite(oRow + c) }
+          }
+        }
+        if !newRows.isEmpty {
+          for z in zStart..<(zStart + zCount) {
+            for x in newRows where tags[slotIndex(z, x)] != ((b * p.keyValueHeads + g) * subgrids.count + si) * tagRows + z * s.n1 + x {
+              for c2 in (s.n2 * t / tiles)..<(s.n2 * (t + 1) / tiles) {
+                let pos = position(s, z, x, c2)
+                let kRow = k + p.keyRows.offset(batch: b, head: g, row: pos)
+                let vRow = v + p.valueRows.offset(batch: b, head: g, row: pos)
+                for d in stride(from: 0, to: p.headDim, by: 16) { prefetchRead(kRow + d) }
+                for c in stride(from: 0, to: p.valueDim, by: 16) { prefetchRead(vRow + c) }
+              }
+            }
+          }
+        }
+        tile(s, b: b, h: h, c0: c0, c1s: c1, rows: R, i0: i0, q: q, slots: slots, out: out, lse: lse, scratch: scratch,
+             check: &check)
+        t += 1
+      }
+      c1 += R
+    }
+    if any(check .!= check) { tags[slotsZ * slotsX] = 1 }
+  }
+
+  /// Computes one tile: `rows` grid rows from `c1s` × one lane vector of queries from `i0`.
+  func tile(_ s: NeighborhoodSubgrid, b: Int, h: Int, c0: Int, c1s: Int, rows R: Int, i0: Int, q: UnsafePointer<Float>,
+            slots: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
+            scratch: UnsafeMutablePointer<Float>, check: inout Lane) {
+    let Lw = laneWidth
+    let real = min(Lw, s.n2 - i0)
+    let D = p.headDim, Dv = p.valueDim
+
+    let qtF = scratch + qtOff
+    let qt = UnsafeMutableRawPointer(qtF).assumingMemoryBound(to: Lane.self)     // [R][D]
+    let otF = scratch + otOff
+    let ot = UnsafeMutableRawPointer(otF).assumingMemoryBound(to: Lane.self)     // [R][Dv]
+    let st = UnsafeMutableRawPointer(scratch + sOff).assumingMemoryBound(to: Lane.self)
+    let vecs = UnsafeMutableRawPointer(scratch + vecOff).assumingMemoryBound(to: Lane.self)
+    let mRun = vecs, lRun = vecs + R, loV = vecs + 2 * R, hiV = vecs + 2 * R + 1
+    let loF = UnsafeMutableRawPointer(loV).assumingMemoryBound(to: Float.self)
+    let hiF = UnsafeMutableRawPointer(hiV).assumingMemoryBound(to: Float.self)
+
+    // Qᵀ with the score scale folded in (log2 units; τ/c under a softcap c).
+    let qScale: Float = p.softcap.map { p.scale / $0 } ?? p.scale * NeighborhoodPlan.log2e
+    let qr = p.queryRows
+    let rev = LaneTranspose.reversed
+    let m16 = UnsafeMutableRawPointer(scratch + tOff).assumingMemoryBound(to: Lane.self)
+    let scaleV = Lane(repeating: qScale)
+    for r in 0..<R {
+      if real == Lw {
+        // Whole lane vector: 16×16 (8×8) blocks transposed in registers.
+        var d0 = 0
+        while d0 + Lw <= D {
+          for x in 0..<Lw {
+            let e = loadLane(q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + rev[x])) + d0)
+            m16[x] = e
+            check += e - e
+          }
+          LaneTranspose.transpose(m16)
+          for d in 0..<Lw { qt[r * D + d0 + d] = m16[rev[d]] * scaleV }
+          d0 += Lw
+        }
+        for l in 0..<Lw where d0 < D {
+          let src = q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + l))
+          for d in d0..<D { qtF[(r * D + d) * Lw + l] = src[d] * qScale; check[0] += src[d] - src[d] }
+        }
+      } else {
+        for l in 0..<Lw {
+          let dst = qtF + r * D * Lw + l
+          if l < real {
+            let src = q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + l))
+            for d in 0..<D { dst[d * Lw] = src[d] * qScale; check[0] += src[d] - src[d] }
+          } else {
+            for d in 0..<D { dst[d * Lw] = 0 }
+          }
+        }
+      }
+      for c in 0..<Dv { ot[r * Dv + c] = Lane() }
+      mRun[r] = Lane(repeating: -.infinity)
+      lRun[r] = Lane()
+    }
+
+    // Per-lane offset bounds on the lane axis: lane l sees relative offsets lo ..< hi.
+    var oLo = Int.max, oHi = Int.min, allLo = Int.min, allHi = Int.max
+    for l in 0..<Lw {
+      if l < real {
+        let i = i0 + l
+        let st0 = ax2.windowStart(i, groupLength: s.n2)
+        let lo = st0 - i, hi = st0 + ax2.windowCount(i) - i
+        oLo = min(oLo, lo); oHi = max(oHi, hi); allLo = max(allLo, lo); allHi = min(allHi, hi)
+        loF[l] = Float(lo); hiF[l] = Float(hi)
+      } else {
+        loF[l] = -1e9; hiF[l] = 1e9
+      }
+    }
+    let lo = loV[0], hi = hiV[0]
+
+    // Windows on axes 0 (shared by the tile) and 1 (per row).
+    let zStart = ax0.windowStart(c0, groupLength: s.n0), zCount = ax0.windowCount(c0)
+    var xs = (0, 0, 0), xn = (0, 0, 0)
+    func xStart(_ r: Int) -> Int { r == 0 ? xs.0 : r == 1 ? xs.1 : xs.2 }
+    func xEnd(_ r: Int) -> Int { r == 0 ? xs.0 + xn.0 : r == 1 ? xs.1 + xn.1 : xs.2 + xn.2 }
+    for r in 0..<R {
+      let a = ax1.windowStart(c1s + r, groupLength: s.n1), n = ax1.windowCount(c1s + r)
+      if r == 0 { xs.0 = a; xn.0 = n } else if r == 1 { xs.1 = a; xn.1 = n } else { xs.2 = a; xn.2 = n }
+    }
+    var xLo = Int.max, xHi = Int.min
+    for r in 0..<R { xLo = min(xLo, xStart(r)); xHi = max(xHi, xEnd(r)) }
+    // Rows of the tile that see key row x (the windows are monotone, so a contiguous range).
+    func rowsSeeing(_ x: Int) -> (Int, Int) {
+      var a = R, z = -1
+      for r in 0..<R where xStart(r) <= x && x < xEnd(r) { a = min(a, r); z = r }
+      return (a, z)
+    }
+
+    let go = min(oHi - oLo, chunkO), gx = chunkX
+    let sRow = gx * go
+    let kRowFloats = D * rowStride
+    let softcapLog2 = p.softcap.map { $0 * NeighborhoodPlan.log2e }
+    let b1 = 2 * ax1.kernel - 1, b2 = 2 * ax2.kernel - 1
+    let biasHead = bias.map { _ in h * biasStride }
+
+    (bias ?? []).withUnsafeBufferPointer { biasBuf in
+      for z in zStart..<(zStart + zCount) {
+        for xc in stride(from: xLo, to: xHi, by: gx) {
+          let xe = min(xc + gx, xHi)
+          for oc in stride(from: oLo, to: oHi, by: go) {
+            let oe = min(oc + go, oHi)
+            // 1. Scores.
+            for x in xc..<xe {
+              let (ra, rb) = rowsSeeing(x)
+              if rb < ra { continue }
+              let kRow = slots + slotIndex(z, x) * slotFloats + padL + i0
+              var o = oc
+              while o < oe {
+                let w = min(oe - o, maxWidth(rb - ra + 1))
+                NeighborhoodTiles.qk(rows: rb - ra + 1, width: w, q: qt + ra * D, qStride: D, k: kRow + o, ldk: rowStride,
+                                     depth: D, s: st + ra * sRow + (x - xc) * go + (o - oc), sStride: sRow)
+                o += w
+              }
+            }
+            // 2. Softcap, bias, border masks; online softmax per row.
+            for r in 0..<R {
+              let xr0 = max(xc, xStart(r)), xr1 = min(xe, xEnd(r))
+              if xr0 >= xr1 { continue }
+              var mx = mRun[r]
+              for x in xr0..<xr1 {
+                let row = st + r * sRow + (x - xc) * go - oc
+                let bRow = biasHead.map { $0 + ((z - c0 + ax0.kernel - 1) * b1 + (x - (c1s + r) + ax1.kernel - 1)) * b2 + ax2.kernel - 1 }
+                for o in oc..<oe {
+                  var sc = row[o]
+                  if let c = softcapLog2 { sc = Lane(repeating: c) * tanhLane(sc) }
+                  if let bRow { sc += Lane(repeating: biasBuf[bRow + o]) }
+                  if o < allLo || o >= allHi {
+                    let ov = Lane(repeating: Float(o))
+                    sc = sc.replacing(with: -.infinity, where: (ov .< lo) .| (ov .>= hi))
+                  }
+                  row[o] = sc
+                  mx = vmax(mx, sc)
+                }
+              }
+              let safe = mx.replacing(with: 0, where: mx .== -Float.infinity)
+              let alpha = exp2Lane(mRun[r] - safe)
+              mRun[r] = mx
+              var sum = Lane()
+              for x in xr0..<xr1 {
+                let row = st + r * sRow + (x - xc) * go - oc
+                for o in oc..<oe {
+                  let e = exp2Lane(row[o] - safe)
+                  row[o] = e
+                  sum += e
+                }
+              }
+              lRun[r] = fmadd(sum, lRun[r], alpha)
+              let o = ot + r * Dv
+              for c in 0..<Dv { o[c] *= alpha }
+            }
+            // 3. Values.
+            for x in xc..<xe {
+              let (ra, rb) = rowsSeeing(x)
+              if rb < ra { continue }
+              let vRow = slots + slotIndex(z, x) * slotFloats + kRowFloats + padL + i0
+              var o = oc
+              while o < oe {
+                let w = min(oe - o, maxWidth(rb - ra + 1))
+                NeighborhoodTiles.pv(rows: rb - ra + 1, width: w, p: st + ra * sRow + (x - xc) * go + (o - oc), pStride: sRow,
+                                     v: vRow + o, ldv: rowStride, count: Dv, o: ot + ra * Dv, oStride: Dv)
+                o += w
+              }
+            }
+          }
+        }
+      }
+    }
+
+    // O = Oᵀ / l, scattered back to the grid positions.
+    let orows = p.outputRows
+    let lF = UnsafeMutableRawPointer(lRun).assumingMemoryBound(to: Float.self)
+    let mF = UnsafeMutableRawPointer(mRun).assumingMemoryBound(to: Float.self)
+    for r in 0..<R {
+      let sums = lRun[r]
+      let inv = Lane(repeating: 1).replacing(with: 0, where: sums .<= 0) / sums.replacing(with: 1, where: sums .<= 0)
+      var c0v = 0
+      if real == Lw {
+        while c0v + Lw <= Dv {
+          for x in 0..<Lw { m16[x] = ot[r * Dv + c0v + rev[x]] * inv }
+          LaneTranspose.transpose(m16)
+          for l in 0..<Lw { storeLane(m16[rev[l]], out + orows.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + l)) + c0v) }
+          c0v += Lw
+        }
+      }
+      if c0v < Dv {
+        for l in 0..<real {
+          let o = out + orows.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + l))
+          for c in c0v..<Dv { o[c] = otF[(r * Dv + c) * Lw + l] * inv[l] }
+        }
+      }
+      if let lse {
+        for l in 0..<real {
+          let sum = lF[r * Lw + l]
+          lse[(b * p.queryHeads + h) * p.queryLength + position(s, c0, c1s + r, i0 + l)] =
+            sum > 0 ? (mF[r * Lw + l] + Float(Foundation.log2(Double(sum)))) * NeighborhoodPlan.ln2 : .infinity
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,160 @@
+import Foundation
+import Subquadratic
+import SubqLLM
+import SubqTestSupport
+import Testing
+
+/// The forward pass of a tiny random model (written to GGUF by the tests) against a
+/// straightforward Float64 implementation of the same architecture on the same dequantized
+/// weights.
+///
+/// Tolerance: relative Frobenius error of the logits ≤ 1e-4. Float32 arithmetic through two
+/// blocks (products of ≤ 160 terms, a 1e-7 exp polynomial, RMSNorm) leaves errors around 1e-6;
+/// any structural mistake — a wrong RoPE pairing or angle, a wrong key/value head for a query
+/// head, a missing causal mask, a stale cache row — changes the logits by 1e-2 or more.
+struct ModelForwardTests {
+  static let tolerance = 1e-4
+
+  func tokens(_ n: Int, vocab: Int, seed: UInt64) -> [Int] {
+    var rng = SeededGenerator(seed: seed)
+    return (0..<n).map { _ in Int(rng.next() % UInt64(vocab)) }
+  }
+
+  @Test(arguments: ["flash", "naive"])
+  func prefillLogitsMatchFloat64(method: String) throws {
+    let seed = testSeed(11)
+    let (tiny, url, dir) = try writeTinyModel(seed: seed)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let model = try LlamaModel(path: url.path)
+    #expect(model.config == LlamaConfig(layers: 2, dim: 96, ffnDim: 160, heads: 6, kvHeads: 2, vocabularySize: tiny.vocab,
+                                        contextLength: 512, ropeTheta: 10_000, normEpsilon: 1e-5))
+    let toks = tokens(77, vocab: tiny.vocab, seed: seed)
+    let ref = tiny.referenceLogits(toks)
+    let session = try LlamaSession(model: model, capacity: 100, attention: LLMAttention(method: try AttentionMethods.make(method)), threads: 2)
+    var got = [[Float]](repeating: [], count: toks.count)
+    try session.prefill(toks, logitsFor: 0..<toks.count) { i, l in got[i] = Array(l) }
+    let err = relativeError(got, ref)
+    #expect(err <= Self.tolerance, "\(method): logits error \(err), seed \(seed)")
+    #expect(session.position == toks.count)
+  }
+
+  /// Prefill a prefix, then decode token by token: every step's logits match the reference at
+  /// that position (the cache, the decode attention and the positions of RoPE). With `flash` the
+  /// decode steps use the split-KV kernel (more than one chunk of keys at 300 positions); with
+  /// `naive` the method itself runs over the cached keys.
+  ///
+  /// `headDim64` uses SmolLM2's geometry (head dimension 64, three query heads per key/value
+  /// head), which takes the decode kernel's register-blocked value path.
+  @Test(arguments: [("flash", 261, 300, false), ("naive", 5, 12, false), ("flash", 1, 9, false), ("flash", 250, 290, true)])
+  func decodeStepsMatchFloat64(method: String, prefix: Int, total: Int, headDim64: Bool) throws {
+    let seed = testSeed(12)
+    let (tiny, url, dir) = try writeTinyModel({
+      $0.tied = true
+      $0.layers = 1
+      if headDim64 { $0.dim = 192; $0.heads = 3; $0.kvHeads = 1 }
+    }, seed: seed)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let model = try LlamaModel(path: url.path)
+    let toks = tokens(total, vocab: tiny.vocab, seed: seed)
+    let ref = tiny.referenceLogits(toks)
+    let session = try LlamaSession(model: model, capacity: total, attention: LLMAttention(method: try AttentionMethods.make(method)), threads: 2)
+    var got: [[Float]] = []
+    got.append(try session.prefill(Array(toks[0..<prefix])))
+    for t in prefix..<total { got.append(try session.decode(toks[t])) }
+    let err = relativeError(got, Array(ref[(prefix - 1)..<total]))
+    #expect(err <= Self.tolerance, "\(method): decode logits error \(err), seed \(seed)")
+    #expect(throws: SubqError.self) { try session.decode(toks[0]) }  // the cache is full
+  }
+
+  /// A Float16 cache: prefill and decode logits match a Float64 reference whose keys and values
+  /// are rounded to Float16 the same way, and differ from the Float32 cache's (so the conversion is
+  /// really used). Tolerance 1e-3: a value within Float32 rounding of a Float16 rounding boundary
+  /// can round to the neighbouring Float16 value in one of the two computations (one Float16 ulp,
+  /// 2⁻¹¹ relative); that leaves about 2e-4 here, while comparing with the unrounded reference
+  /// (i.e. a cache that rounds wrongly or not at all) gives about 5e-3.
+  @Test func float16CacheStaysClose() throws {
+    let seed = testSeed(16)
+    let (tiny, url, dir) = try writeTinyModel({ $0.dim = 192; $0.heads = 3; $0.kvHeads = 1 }, seed: seed)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let model = try LlamaModel(path: url.path)
+    let toks = tokens(280, vocab: tiny.vocab, seed: seed)
+    let ref = tiny.referenceLogits(toks), refHalf = tiny.referenceLogits(toks, halfKV: true)
+    var runs: [[[Float]]] = []
+    for precision in KVCachePrecision.allCases {
+      let session = try LlamaSession(model: model, capacity: toks.count, threads: 2, cache: precision)
+      #expect(session.cachePrecision == precision)
+      var got: [[Float]] = [try session.prefill(Array(toks[0..<200]))]
+      for t in toks[200...] { got.append(try session.decode(t)) }
+      runs.append(got)
+    }
+    let e32 = relativeError(runs[0], Array(ref[199...])), e16 = relativeError(runs[1], Array(refHalf[199...]))
+    #expect(e32 <= Self.tolerance, "f32 error \(e32), seed \(seed)")
+    #expect(e16 <= 1e-3, "f16 error \(e16) against the Float16-rounded reference, seed \(seed)")
+    #expect(relativeError(runs[1], Array(ref[199...])) > 10 * e32, "the Float16 cache changed nothing")
+  }
+
+  /// Changing tokens after position i leaves the logits of positions ≤ i unchanged (causality).
+  @Test func noLookAhead() throws {
+    let seed = testSeed(13)
+    let (tiny, url, dir) = try writeTinyModel(seed: seed)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let model = try LlamaModel(path: url.path)
+    var toks = tokens(40, vocab: tiny.vocab, seed: seed)
+    let session = try LlamaSession(model: model, capacity: 40, threads: 2)
+    var a = [[Float]](repeating: [], count: 40), b = a
+    try session.prefill(toks, logitsFor: 0..<40) { i, l in a[i] = Array(l) }
+    for i in 25..<40 { toks[i] = (toks[i] + 7) % tiny.vocab }
+    session.reset()
+    try session.prefill(toks, logitsFor: 0..<40) { i, l in b[i] = Array(l) }
+    #expect(a[0..<25] == b[0..<25])
+    #expect(a[30] != b[30])
+  }
+
+  @Test func badInputsThrow() throws {
+    let seed = testSeed(14)
+    let (_, url, dir) = try writeTinyModel(seed: seed)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let model = try LlamaModel(path: url.path)
+    #expect(throws: SubqError.self) { try LlamaSession(model: model, capacity: 513) }
+    #expect(throws: SubqError.self) { try LlamaSession(model: model, capacity: 10, threads: 0) }
+    let s = try LlamaSession(model: model, capacity: 10)
+    #expect(throws: SubqError.self) { try s.prefill([]) }
+    #expect(throws: SubqError.self) { try s.prefill([100_000]) }
+    #expect(throws: SubqError.self) { try s.prefill(Array(repeating: 5, count: 11)) }
+    #expect(s.position == 0)
+  }
+
+  @Test func missingTensorsAndKeysAreNamed() throws {
+    let seed = testSeed(15)
+    var m = TinyModel()
+    var w = GGUFWriter()
+    w.set("general.architecture", .string("llama"))
+    w.set("llama.embedding_length", .u32(96))
+    let dir = temporaryDirectory("subq-llm")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let url = dir.appendingPathComponent("m.gguf")
+    try w.write(to: url)
+    #expect(throws: SubqError.file(path: url.path, reason: "metadata key 'llama.attention.head_count' is missing")) {
+      try LlamaModel(path: url.path)
+    }
+    m.omit = ["blk.1.ffn_down.weight"]
+    try m.write(to: url, seed: seed)
+    #expect(throws: SubqError.file(path: url.path, reason: "tensor 'blk.1.ffn_down.weight' is missing")) {
+      try LlamaModel(path: url.path)
+    }
+  }
+
+  @Test func greedyAndSampledTokensAreValid() throws {
+    var s = try Sampler(temperature: 0)
+    #expect(s.sample([0, 3, 1, 3]) == 1)
+    var hot = try Sampler(temperature: 1, topK: 2, topP: 1, seed: 5)
+    var seen = Set<Int>()
+    for _ in 0..<200 { seen.insert(hot.sample([0, 5, 5.5, -3])) }
+    #expect(seen == [1, 2])
+    var nucleus = try Sampler(temperature: 1, topK: 4, topP: 0.5, seed: 5)
+    for _ in 0..<50 { #expect(nucleus.sample([0, 5, 9, -3]) == 2) }
+    #expect(throws: SubqError.self) { try Sampler(temperature: -1) }
+    #expect(throws: SubqError.self) { try Sampler(topK: 0) }
+    #expect(throws: SubqError.self) { try Sampler(topP: 0) }
+  }
+}

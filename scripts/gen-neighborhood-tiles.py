@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Generates Sources/SubqSparse/NeighborhoodTiles+Generated.swift.
+
+Neighborhood attention puts consecutive queries of one grid row on the SIMD lanes and reads, for a
+relative key offset o, the keys of the same lanes shifted by o: one unaligned vector load of the
+transposed, padded key row gives every lane its own key. The tiles below keep R query vectors
+(R grid rows that share a key row) by W consecutive offsets in registers, so each key load feeds R
+FMAs and each query load feeds W. Swift cannot keep an array of SIMD values in registers, so every
+(R, W) shape is written out: R in 1...3, W in 1...8 with R·W ≤ 21 (so R·W accumulators plus R
+query and W key vectors fit AVX-512's 32 registers; the AVX2/NEON driver only uses R ≤ 2, W ≤ 4). Run it after changing a tile; the output
+is committed.
+"""
+import pathlib
+
+ROWS = [1, 2, 3]
+WIDTHS = [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def fits(R, W):
+    """Shapes whose accumulators, query and key vectors fit 32 vector registers."""
+    return R * W <= 21 or (R == 1)
+
+
+def qk(R, W):
+    L = []
+    L.append(f"  /// Scores of {R} query vector(s) against {W} shifted key vector(s):")
+    L.append("  /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.")
+    L.append("  @inline(__always)")
+    params = ", ".join(f"_ q{r}: UnsafePointer<Lane>" for r in range(R))
+    outs = ", ".join(f"_ s{r}: UnsafeMutablePointer<Lane>" for r in range(R))
+    L.append(f"  static func qk{R}x{W}({params}, k: UnsafePointer<Float>, ldk: Int, depth: Int, {outs}) {{")
+    for r in range(R):
+        L.append("    " + "; ".join(f"var a{r}{w} = Lane()" for w in range(W)))
+    L.append("    var kp = k")
+    L.append("    for d in 0..<depth {")
+    L.append("      " + "; ".join(f"let k{w} = loadLane(kp + {w})" for w in range(W)))
+    for r in range(R):
+        L.append(f"      do {{ let q = q{r}[d]; " + "; ".join(f"a{r}{w} = fmadd(a{r}{w}, q, k{w})" for w in range(W)) + " }")
+    L.append("      kp += ldk")
+    L.append("    }")
+    for r in range(R):
+        L.append("    " + "; ".join(f"s{r}[{w}] = a{r}{w}" for w in range(W)))
+    L.append("  }")
+    return L
+
+
+def pv(R, W):
+    L = []
+    L.append(f"  /// Value update of {R} query vector(s) from {W} shifted value vector(s), for `c` in `0..<count`:")
+    L.append("  /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.")
+    L.append("  @inline(__always)")
+    params = ", ".join(f"_ p{r}: UnsafePointer<Lane>" for r in range(R))
+    outs = ", ".join(f"_ o{r}: UnsafeMutablePointer<Lane>" for r in range(R))
+    L.append(f"  static func pv{R}x{W}({params}, v: UnsafePointer<Float>, ldv: Int, count: Int, {outs}) {{")
+    for r in range(R):
+        L.append("    " + "; ".join(f"let p{r}{w} = p{r}[{w}]" for w in range(W)))
+    L.append("    var vp = v")
+    L.append("    for c in 0..<count {")
+    L.append("      " + "; ".join(f"let v{w} = loadLane(vp + {w})" for w in range(W)))
+    for r in range(R):
+        terms = f"o{r}[c]"
+        expr = terms
+        for w in range(W):
+            expr = f"fmadd({expr}, p{r}{w}, v{w})"
+        L.append(f"      o{r}[c] = {expr}")
+    L.append("      vp += ldv")
+    L.append("    }")
+    L.append("  }")
+    return L
+
+
+def dispatch(kind):
+    L = []
+    if kind == "qk":
+        L.append("  /// `qk{rows}x{width}` with the query vectors at `q + r·qStride` and the scores at `s + r·sStride`.")
+        L.append("  @inline(__always)")
+        L.append("  static func qk(rows: Int, width: Int, q: UnsafePointer<Lane>, qStride: Int, k: UnsafePointer<Float>, ldk: Int,")
+        L.append("                 depth: Int, s: UnsafeMutablePointer<Lane>, sStride: Int) {")
+    else:
+        L.append("  /// `pv{rows}x{width}` with the probabilities at `p + r·pStride` and the outputs at `o + r·oStride`.")
+        L.append("  @inline(__always)")
+        L.append("  static func pv(rows: Int, width: Int, p: UnsafePointer<Lane>, pStride: Int, v: UnsafePointer<Float>, ldv: Int,")
+        L.append("                 count: Int, o: UnsafeMutablePointer<Lane>, oStride: Int) {")
+    L.append("    switch (rows, width) {")
+    for R in ROWS:
+        for W in WIDTHS:
+            if not fits(R, W):
+                continue
+            if kind == "qk":
+                qs = ", ".join(f"q + {r} * qStride" for r in range(R))
+                ss = ", ".join(f"s + {r} * sStride" for r in range(R))
+                L.append(f"    case ({R}, {W}): qk{R}x{W}({qs}, k: k, ldk: ldk, depth: depth, {ss})")
+            else:
+                ps = ", ".join(f"p + {r} * pStride" for r in range(R))
+                os_ = ", ".join(f"o + {r} * oStride" for r in range(R))
+                L.append(f"    case ({R}, {W}): pv{R}x{W}({ps}, v: v, ldv: ldv, count: count, {os_})")
+    L.append("    default: preconditionFailure(\"no neighborhood tile \\(rows)x\\(width)\")")
+    L.append("    }")
+    L.append("  }")
+    return L
+
+
+def main():
+    out = ["// Generated by scripts/gen-neighborhood-tiles.py; do not edit by hand.", "", "import SubqKernels", "",
+           "extension NeighborhoodTiles {"]
+    for R in ROWS:
+        for W in WIDTHS:
+            if not fits(R, W):
+                continue
+            out += qk(R, W)
+            out.append("")
+            out += pv(R, W)
+            out.append("")
+    out += dispatch("qk")
+    out.append("")
+    out += dispatch("pv")
+    out.append("}")
+    path = pathlib.Path(__file__).resolve().parent.parent / "Sources/SubqSparse/NeighborhoodTiles+Generated.swift"
+    path.write_text("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
