@@ -117,10 +117,12 @@ let package = Package(
     .target(name: "SubqKernels", dependencies: ["SubqCore", "SubqCShims"], swiftSettings: compute),
     /// Exact attention: the Float64 reference and FlashAttention-2.
     .target(name: "SubqAttention", dependencies: ["SubqCore", "SubqKernels"], swiftSettings: compute),
+    /// Approximate attention by hashing, sampling and hierarchical pruning: HyperAttention, HiP, ProbSparse.
+    .target(name: "SubqApproximate", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
     /// Linear-time mixers: linear attention, TransNormer, LinFusion, PoNet, Monarch Mixer; FFT.
     .target(name: "SubqLinear", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
     /// The umbrella module: re-exports every family and holds the method registry.
-    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqRing", "SubqLinear", "SubqStateSpace", "SubqDecoding", "SubqSparse", "SubqLLM", "SubqKVSelection"], swiftSettings: compute),
+    .target(name: "Subquadratic", dependencies: ["SubqCore", "SubqAttention", "SubqApproximate", "SubqRing", "SubqLinear", "SubqStateSpace", "SubqDecoding", "SubqSparse", "SubqLLM", "SubqKVSelection"], swiftSettings: compute),
     /// Language models on the library: GGUF files, quantized products, BPE tokenizer, LLaMA
     /// forward pass with pluggable attention, sampling, perplexity and needle evaluation.
     .target(name: "SubqLLM", dependencies: ["SubqCore", "SubqKernels", "SubqAttention", "SubqDecoding"], swiftSettings: compute),
@@ -152,6 +154,7 @@ let package = Package(
     .testTarget(name: "SubqCoreTests", dependencies: ["SubqCore", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqKernelsTests", dependencies: ["SubqKernels", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqAttentionTests", dependencies: ["SubqAttention", "SubqTestSupport"], swiftSettings: compute),
+    .testTarget(name: "SubqApproximateTests", dependencies: ["SubqApproximate", "SubqBench", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqLinearTests", dependencies: ["SubqLinear", "SubqKernels", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqStateSpaceTests", dependencies: ["SubqStateSpace", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqDecodingTests", dependencies: ["SubqDecoding", "SubqTestSupport"], swiftSettings: compute),

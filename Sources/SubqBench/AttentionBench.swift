@@ -42,6 +42,9 @@ public struct AttentionBench {
     /// For approximate methods: relative Frobenius error of the whole output against exact
     /// `flash` on the same inputs.
     public var errorVsFlash: Double?
+    /// For approximate methods: wall time of that one exact `flash` run (default parameters,
+    /// same inputs, options and threads), for the speed-up in the same run.
+    public var flashSeconds: Double? = nil
   }
 
   public let method: any AttentionMethod
@@ -82,8 +85,11 @@ public struct AttentionBench {
       }
 
       var errorVsFlash: Double? = nil
+      var flashSeconds: Double? = nil
       if !info.isExact && !(method is any PatternAttentionMethod) {
+        let t0 = monotonicSeconds()
         let exact = try FlashAttention().attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+        flashSeconds = monotonicSeconds() - t0
         errorVsFlash = relativeError(first.output, exact.output.scalars.map(Double.init))
       }
 
@@ -113,7 +119,8 @@ public struct AttentionBench {
       }
       let row = Row(n: n, medianSeconds: timing.median, minSeconds: timing.min, cpuSeconds: timing.medianCPU, flops: flops,
                     gflops: flops / timing.median / 1e9, peakResidentBytes: peak,
-                    extraBytes: growth.map { max(0, $0 - outputBytes) }, checkError: checkError, errorVsFlash: errorVsFlash)
+                    extraBytes: growth.map { max(0, $0 - outputBytes) }, checkError: checkError, errorVsFlash: errorVsFlash,
+                    flashSeconds: flashSeconds)
       rows.append(row)
       progress(row)
     }

@@ -1,4 +1,5 @@
 // Subquadratic: the umbrella module. `import Subquadratic` brings in every method family.
+@_exported import SubqApproximate
 @_exported import SubqAttention
 @_exported import SubqCore
 @_exported import SubqRing
@@ -20,6 +21,9 @@ public enum AttentionMethods {
     NeighborhoodAttention.self,
     SinkAttention.self,
     CombinerAttention.self,
+    HyperAttention.self,
+    HiPAttention.self,
+    ProbSparseAttention.self,
   ]
 
   /// The method type registered under `name`.

@@ -11,7 +11,8 @@ struct BenchCommand: ParsableCommand {
     discussion: """
       Before timing, the last rows of head 0 are checked against the Float64 reference. GFLOP/s counts \
       4·B·Hq·N²·D for non-causal attention and only the visible pairs for causal (about half). \
-      Approximate methods also report their error against exact flash on the same inputs.
+      Approximate methods also report their error against exact flash on the same inputs, the time of \
+      that flash run and the speed-up over it (flash time / median).
       """)
 
   @Option(help: "Method name (see `subq methods`).") var method = "flash"
@@ -78,12 +79,15 @@ struct BenchCommand: ParsableCommand {
       return
     }
     let approx = rows.contains { $0.errorVsFlash != nil }
-    var table = TextTable(header: ["N", "median", "min", "CPU/run", "GFLOP/s", "peak RSS", "extra mem", "check err"] + (approx ? ["err vs flash"] : []),
-                          rightAligned: Set(0..<9))
+    var table = TextTable(header: ["N", "median", "min", "CPU/run", "GFLOP/s", "peak RSS", "extra mem", "check err"]
+                            + (approx ? ["err vs flash", "flash (1 run)", "speed-up"] : []),
+                          rightAligned: Set(0..<11))
     for r in rows {
       table.add([String(r.n), formatSeconds(r.medianSeconds), formatSeconds(r.minSeconds), formatSeconds(r.cpuSeconds), String(format: "%.1f", r.gflops),
                  formatBytes(r.peakResidentBytes), r.extraBytes.map(formatBytes) ?? "—", String(format: "%.1e", r.checkError)]
-                + (approx ? [r.errorVsFlash.map { String(format: "%.2e", $0) } ?? "—"] : []))
+                + (approx ? [r.errorVsFlash.map { String(format: "%.2e", $0) } ?? "—",
+                             r.flashSeconds.map(formatSeconds) ?? "—",
+                             r.flashSeconds.map { String(format: "%.1f×", $0 / r.medianSeconds) } ?? "—"] : []))
     }
     print(table.render())
   }
