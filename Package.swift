@@ -165,6 +165,8 @@ let package = Package(
     /// `subq compare`: metrics, runner, report schema, SVG and HTML.
     .testTarget(name: "SubqCompareTests", dependencies: ["SubqBench", "SubqTestSupport"], swiftSettings: compute),
     .testTarget(name: "SubqLLMTests", dependencies: ["SubqLLM", "subq", "SubqTestSupport"], swiftSettings: compute),
+    /// README.md's Swift example, compiled against the umbrella module.
+    .testTarget(name: "SubquadraticTests", dependencies: ["Subquadratic"], swiftSettings: compute),
   ]
     + (useMPI
       ? [

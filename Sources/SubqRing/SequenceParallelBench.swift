@@ -132,7 +132,7 @@ public struct SequenceParallelBench: Sendable {
       return s
     }
     let width = 11
-    var mine = encode(s)
+    let mine = encode(s)
     if comm.rank != 0 {
       mine.withUnsafeBytes { comm.wait(comm.start([.send($0, to: 0, tag: RingTag.stats)])) }
       return nil
