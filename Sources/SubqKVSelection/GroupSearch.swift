@@ -102,6 +102,10 @@ extension ProximityGraph {
     var included = 0
     /// Every entry before it is expanded.
     var cursor = 0
+    /// Entries ranking above it count as an improvement (the result size k).
+    let top: Int
+    /// Turns of this query since a candidate last entered its top `top`.
+    var stale = 0
 
     /// Inserts (s, id) if it ranks among the pool; returns its position (or `size` if not kept).
     @inline(__always) mutating func offer(_ s: Float, _ id: Int32) -> Int {
@@ -134,6 +138,7 @@ extension ProximityGraph {
         if inside { included -= 1 }
       }
       if a < cursor { cursor = a }
+      if a < top { stale = 0 }
       return a
     }
   }
@@ -152,8 +157,12 @@ extension ProximityGraph {
   /// of the searches' rather than their sum. The long keys are scored for every query after the
   /// traversal, as in the single search. `Found.scanned` is the number of keys read (the same
   /// for every query).
+  ///
+  /// With `patience` > 0 a query stops expanding once `patience` of its turns in a row brought no
+  /// new candidate into its top `k` (adaptive early termination; 0: expand the whole pool).
   func searchGroup(
-    _ queries: [UnsafePointer<Float>], keys: RowSource, k: Int, width: Int, allowed: Range<Int>, scratch: GroupScratch
+    _ queries: [UnsafePointer<Float>], keys: RowSource, k: Int, width: Int, allowed: Range<Int>, scratch: GroupScratch,
+    patience: Int = 0
   ) -> [Found] {
     let n = count, G = queries.count
     if n == 0 || k == 0 || allowed.isEmpty || G == 0 { return Array(repeating: Found(ids: [], scores: [], scanned: 0), count: G) }
@@ -168,7 +177,7 @@ extension ProximityGraph {
     let freshIds = scratch.freshIds, freshScores = scratch.freshScores, FS = scratch.freshStride
     let PS = scratch.poolStride
     var pools: [Pool] = (0..<G).map { g in
-      Pool(scores: scratch.poolScores + g * PS, ids: scratch.poolIds + g * PS, done: scratch.poolExpanded + g * PS, ef: ef, lo: lo, hi: hi)
+      Pool(scores: scratch.poolScores + g * PS, ids: scratch.poolIds + g * PS, done: scratch.poolExpanded + g * PS, ef: ef, lo: lo, hi: hi, top: k)
     }
     var scanned = 0
 
@@ -205,6 +214,9 @@ extension ProximityGraph {
         while c < pools[g].size && pools[g].done[c] { c += 1 }
         pools[g].cursor = c
         if c >= pools[g].size { continue }
+        // Early termination: this query's top k has not changed for `patience` turns.
+        if patience > 0 && pools[g].stale >= patience { continue }
+        pools[g].stale += 1
         progressed = true
         pools[g].done[c] = true
         pools[g].cursor = c + 1

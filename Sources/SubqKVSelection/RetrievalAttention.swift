@@ -51,6 +51,9 @@ public final class RetrievalDecoder {
     /// scanned key; a Float16 cache is searched in place, so this only matters for Float32
     /// caches) and re-score the best `topK + topK/8 + 8` candidates on the cache's keys.
     public var halfPrecisionSearch = true
+    /// Grouped search: a query stops expanding once this many of its turns in a row brought no
+    /// new key into its top candidates (0: expand the whole pool of `searchWidth`).
+    public var patience = 0
     /// Prefill queries sampled per key/value head to build its graph.
     public var buildQueries = 4096
     /// Exact top keys linked to each sampled query (K_q).
@@ -70,12 +73,15 @@ public final class RetrievalDecoder {
 
     func validate(op: String) throws(SubqError) {
       let checks: [(String, Int, Int)] = [
-        ("sink", sinkTokens, 0), ("window", windowTokens, 0), ("top-k", topK, 0), ("width", searchWidth, 1),
+        ("sink", sinkTokens, 0), ("patience", patience, 0), ("window", windowTokens, 0), ("top-k", topK, 0), ("width", searchWidth, 1),
         ("build-queries", buildQueries, 1), ("query-neighbors", queryNeighbors, 1), ("degree", degree, 2),
         ("build-width", buildWidth, 1), ("entry-points", entryPoints, 1),
       ]
       for (name, v, lo) in checks where v < lo || v > 1 << 30 {
         throw .argument(op: op, name: name, value: "\(v)", reason: "must be in \(lo)...\(1 << 30)")
+      }
+      if patience > 0 && !groupedSearch {
+        throw .argument(op: op, name: "patience", value: "\(patience)", reason: "applies to the grouped search only (grouped=false)")
       }
       if !(alpha >= 1 && alpha <= 4) { throw .argument(op: op, name: "alpha", value: "\(alpha)", reason: "must be in 1...4") }
     }
@@ -95,6 +101,7 @@ public final class RetrievalDecoder {
       MethodParameter("width", default: "512", "beam-search pool width (ef)"),
       MethodParameter("exact", default: "false", "scan every key instead of searching the graph"),
       MethodParameter("half-search", default: "true", "search on a Float16 copy of Float32 keys, re-scoring the best candidates exactly"),
+      MethodParameter("patience", default: "0", "grouped search: stop a query after this many expansions without a new top-k candidate (0: off)"),
       MethodParameter("grouped", default: "true", "one graph traversal per kv head for its GQA group of query heads (false: one per query head)"),
       MethodParameter("build-queries", default: "4096", "prefill queries sampled per kv head to build the graph"),
       MethodParameter("query-neighbors", default: "64", "exact top keys linked to each sampled query (K_q)"),
@@ -118,6 +125,7 @@ public final class RetrievalDecoder {
     c.exactSearch = try parameters.bool("exact", info)
     c.groupedSearch = try parameters.bool("grouped", info)
     c.halfPrecisionSearch = try parameters.bool("half-search", info)
+    c.patience = try parameters.int("patience", info, in: big)
     c.buildQueries = try parameters.int("build-queries", info, in: 1...(1 << 30))
     c.queryNeighbors = try parameters.int("query-neighbors", info, in: 1...(1 << 30))
     c.degree = try parameters.int("degree", info, in: 2...(1 << 20))
@@ -132,7 +140,7 @@ public final class RetrievalDecoder {
   public var parameterValues: [String: String] {
     let c = configuration
     return ["sink": "\(c.sinkTokens)", "window": "\(c.windowTokens)", "top-k": "\(c.topK)", "width": "\(c.searchWidth)",
-            "exact": "\(c.exactSearch)", "grouped": "\(c.groupedSearch)", "half-search": "\(c.halfPrecisionSearch)", "build-queries": "\(c.buildQueries)", "query-neighbors": "\(c.queryNeighbors)",
+            "exact": "\(c.exactSearch)", "grouped": "\(c.groupedSearch)", "half-search": "\(c.halfPrecisionSearch)", "patience": "\(c.patience)", "build-queries": "\(c.buildQueries)", "query-neighbors": "\(c.queryNeighbors)",
             "degree": "\(c.degree)", "build-width": "\(c.buildWidth)", "entry-points": "\(c.entryPoints)", "alpha": "\(c.alpha)", "seed": "\(c.seed)"]
   }
 
@@ -480,7 +488,7 @@ public final class RetrievalDecoder {
               let half = indexList[lead.b].halves?[g]
               var fs = indexList[lead.b].graphs[g].searchGroup(qs, keys: half?.source ?? keys, k: half == nil ? c.topK : searchK,
                                                                width: Swift.max(c.searchWidth, c.topK), allowed: lead.allowed,
-                                                               scratch: groupScratches[worker])
+                                                               scratch: groupScratches[worker], patience: c.patience)
               // The traversal's keys once, plus each query's re-scored candidates.
               let traversal = fs[0].scanned
               var scannedAll = traversal

@@ -125,6 +125,14 @@ struct RetrievalTests {
       recallP += rp / Double(hq)
     }
     #expect(recallG >= 0.5 && recallG >= recallP - 0.02, "grouped recall \(recallG) vs per-head \(recallP), seed \(seed)")
+    // Early termination (patience) scans no more than the full search.
+    var cp = config(topK: 30, width: 100, buildQueries: 400)
+    cp.halfPrecisionSearch = halfSearch
+    cp.patience = 8
+    let decP = try RetrievalDecoder(configuration: cp)
+    try decP.buildIndex(cache: cache, layer: 0, sequence: seqs[0], prefillQueries: pq)
+    let gp = try decP.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: AttentionOptions(causal: true), recordKeys: true)
+    #expect(gp.statistics.keysScanned <= g.statistics.keysScanned && gp.retrievedKeys!.allSatisfy { $0.count == 30 })
     // One traversal per kv head reads each visited key once for the whole group.
     #expect(g.statistics.searches == hkv && g.statistics.keysScanned < p.statistics.keysScanned, "\(g.statistics) vs \(p.statistics)")
   }
@@ -305,5 +313,12 @@ struct InnerProductIndexTests {
     var i = try InnerProductIndex(keys: Tensor.randomNormal(shape: [5, 4], seed: 1), queries: Tensor.randomNormal(shape: [2, 4], seed: 2))
     #expect(throws: SubqError.self) { try i.insert(Tensor(shape: [2, 5])) }
     #expect(throws: SubqError.self) { try i.search(Tensor(shape: [3]), k: 1, width: 4) }
+    // Early termination applies to the grouped search only: with per-head search it is an error.
+    var c = RetrievalDecoder.Configuration()
+    c.patience = 8
+    c.groupedSearch = false
+    #expect(throws: SubqError.self) { try RetrievalDecoder(configuration: c) }
+    c.groupedSearch = true
+    #expect(throws: Never.self) { try RetrievalDecoder(configuration: c) }
   }
 }
