@@ -15,8 +15,12 @@ import SubqDecoding
 ///
 /// The two partial results (normalized output and log-sum-exp, Float32) are merged with the
 /// log-sum-exp rule (``PartialAttention``), so the result is exact attention over the union.
-/// Every query head searches on its own (under GQA the group's heads share the key/value head's
-/// graph); the static set is shared by the group.
+/// Under GQA the group's query heads share the key/value head's graph and, with
+/// ``Configuration/groupedSearch`` (the default), one traversal of it per step and query position:
+/// each visited key is read once and scored against every query of the group, each query keeping
+/// its own candidate pool (see docs/KV-SELECTION.md). With ``Configuration/halfPrecisionSearch``
+/// (the default) a Float32 cache's keys are searched on a Float16 copy kept with the index and the
+/// best candidates re-scored exactly. The static set is shared by the group.
 ///
 /// **Index.** ``buildIndex(cache:layer:sequence:prefillQueries:)`` builds the graphs from a sample of
 /// real queries — typically the prompt's (prefill's) queries of that layer, pooled over each
