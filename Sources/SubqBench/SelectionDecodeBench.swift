@@ -330,7 +330,8 @@ public struct SelectionDecodeBench {
             scanned += st.scannedFraction
             // Per search: the keys it scanned plus the static ones (an upper bound: a search may
             // scan static keys too).
-            touched += Double(st.keysScanned + st.staticKeys * Hq) / Double(max(1, st.keysCached))
+            // (The static keys are read once per traversal's key/value head.)
+            touched += (Double(st.keysScanned) + Double(st.staticKeys * st.searches) / Double(B)) / Double(max(1, st.keysCached))
           }
           attended = r.attendedKeys!
           retrieved = r.retrievedKeys

@@ -294,6 +294,7 @@ struct ProximityGraph: Sendable {
           freshIds[fresh] = nb
           fresh += 1
         }
+        prefetchRows(keys, ids: freshIds, count: fresh)
         rowDots(q, keys, ids: freshIds, count: fresh, out: freshScores)
         scanned += fresh
         for x in 0..<fresh {

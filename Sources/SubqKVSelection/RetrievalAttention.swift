@@ -15,8 +15,12 @@ import SubqDecoding
 ///
 /// The two partial results (normalized output and log-sum-exp, Float32) are merged with the
 /// log-sum-exp rule (``PartialAttention``), so the result is exact attention over the union.
-/// Every query head searches on its own (under GQA the group's heads share the key/value head's
-/// graph); the static set is shared by the group.
+/// Under GQA the group's query heads share the key/value head's graph and, with
+/// ``Configuration/groupedSearch`` (the default), one traversal of it per step and query position:
+/// each visited key is read once and scored against every query of the group, each query keeping
+/// its own candidate pool (see docs/KV-SELECTION.md). With ``Configuration/halfPrecisionSearch``
+/// (the default) a Float32 cache's keys are searched on a Float16 copy kept with the index and the
+/// best candidates re-scored exactly. The static set is shared by the group.
 ///
 /// **Index.** ``buildIndex(cache:layer:sequence:prefillQueries:)`` builds the graphs from a sample of
 /// real queries — typically the prompt's (prefill's) queries of that layer, pooled over each
@@ -43,6 +47,17 @@ public final class RetrievalDecoder {
     public var searchWidth = 512
     /// Scan every key instead of searching the graph (exact top-k; for testing).
     public var exactSearch = false
+    /// Under GQA, search each key/value head's graph once per step for its whole query-head
+    /// group (one traversal, each visited key read once and scored against every query of the
+    /// group, a pool per query) instead of once per query head.
+    public var groupedSearch = true
+    /// Search the graph on a Float16 copy of the keys kept with the index (half the bytes per
+    /// scanned key; a Float16 cache is searched in place, so this only matters for Float32
+    /// caches) and re-score the best `topK + topK/8 + 8` candidates on the cache's keys.
+    public var halfPrecisionSearch = true
+    /// Grouped search: a query stops expanding once this many of its turns in a row brought no
+    /// new key into its top candidates (0: expand the whole pool of `searchWidth`).
+    public var patience = 0
     /// Prefill queries sampled per key/value head to build its graph.
     public var buildQueries = 4096
     /// Exact top keys linked to each sampled query (K_q).
@@ -62,12 +77,15 @@ public final class RetrievalDecoder {
 
     func validate(op: String) throws(SubqError) {
       let checks: [(String, Int, Int)] = [
-        ("sink", sinkTokens, 0), ("window", windowTokens, 0), ("top-k", topK, 0), ("width", searchWidth, 1),
+        ("sink", sinkTokens, 0), ("patience", patience, 0), ("window", windowTokens, 0), ("top-k", topK, 0), ("width", searchWidth, 1),
         ("build-queries", buildQueries, 1), ("query-neighbors", queryNeighbors, 1), ("degree", degree, 2),
         ("build-width", buildWidth, 1), ("entry-points", entryPoints, 1),
       ]
       for (name, v, lo) in checks where v < lo || v > 1 << 30 {
         throw .argument(op: op, name: name, value: "\(v)", reason: "must be in \(lo)...\(1 << 30)")
+      }
+      if patience > 0 && !groupedSearch {
+        throw .argument(op: op, name: "patience", value: "\(patience)", reason: "applies to the grouped search only (grouped=false)")
       }
       if !(alpha >= 1 && alpha <= 4) { throw .argument(op: op, name: "alpha", value: "\(alpha)", reason: "must be in 1...4") }
     }
@@ -86,6 +104,9 @@ public final class RetrievalDecoder {
       MethodParameter("top-k", default: "100", "keys retrieved per query"),
       MethodParameter("width", default: "512", "beam-search pool width (ef)"),
       MethodParameter("exact", default: "false", "scan every key instead of searching the graph"),
+      MethodParameter("half-search", default: "true", "search on a Float16 copy of Float32 keys, re-scoring the best candidates exactly"),
+      MethodParameter("patience", default: "0", "grouped search: stop a query after this many expansions without a new top-k candidate (0: off)"),
+      MethodParameter("grouped", default: "true", "one graph traversal per kv head for its GQA group of query heads (false: one per query head)"),
       MethodParameter("build-queries", default: "4096", "prefill queries sampled per kv head to build the graph"),
       MethodParameter("query-neighbors", default: "64", "exact top keys linked to each sampled query (K_q)"),
       MethodParameter("degree", default: "32", "most out-edges per key (R)"),
@@ -106,6 +127,9 @@ public final class RetrievalDecoder {
     c.topK = try parameters.int("top-k", info, in: big)
     c.searchWidth = try parameters.int("width", info, in: 1...(1 << 30))
     c.exactSearch = try parameters.bool("exact", info)
+    c.groupedSearch = try parameters.bool("grouped", info)
+    c.halfPrecisionSearch = try parameters.bool("half-search", info)
+    c.patience = try parameters.int("patience", info, in: big)
     c.buildQueries = try parameters.int("build-queries", info, in: 1...(1 << 30))
     c.queryNeighbors = try parameters.int("query-neighbors", info, in: 1...(1 << 30))
     c.degree = try parameters.int("degree", info, in: 2...(1 << 20))
@@ -120,7 +144,7 @@ public final class RetrievalDecoder {
   public var parameterValues: [String: String] {
     let c = configuration
     return ["sink": "\(c.sinkTokens)", "window": "\(c.windowTokens)", "top-k": "\(c.topK)", "width": "\(c.searchWidth)",
-            "exact": "\(c.exactSearch)", "build-queries": "\(c.buildQueries)", "query-neighbors": "\(c.queryNeighbors)",
+            "exact": "\(c.exactSearch)", "grouped": "\(c.groupedSearch)", "half-search": "\(c.halfPrecisionSearch)", "patience": "\(c.patience)", "build-queries": "\(c.buildQueries)", "query-neighbors": "\(c.queryNeighbors)",
             "degree": "\(c.degree)", "build-width": "\(c.buildWidth)", "entry-points": "\(c.entryPoints)", "alpha": "\(c.alpha)", "seed": "\(c.seed)"]
   }
 
@@ -129,18 +153,25 @@ public final class RetrievalDecoder {
   /// The graphs of one (sequence, layer), one per key/value head.
   final class Index: @unchecked Sendable {
     var graphs: [ProximityGraph]
+    /// Float16 copies of the keys the searches score (``Configuration/halfPrecisionSearch`` with a
+    /// Float32 cache), one per key/value head.
+    var halves: [HalfRows]?
     /// Positions linked into the graphs.
     var indexed: Int
-    init(graphs: [ProximityGraph], indexed: Int) {
+    init(graphs: [ProximityGraph], halves: [HalfRows]?, indexed: Int) {
       self.graphs = graphs
+      self.halves = halves
       self.indexed = indexed
     }
+    var memoryBytes: Int { graphs.reduce(0) { $0 + $1.memoryBytes } + (halves ?? []).reduce(0) { $0 + $1.memoryBytes } }
   }
   struct Key: Hashable { var sequence: Int; var layer: Int }
   private var indexes: [Key: Index] = [:]
   /// Search scratch per worker, kept across steps (the visited marks are as long as the cache).
   private var scratches: [ProximityGraph.Scratch] = []
   private var scratchDim = 0
+  private var groupScratches: [ProximityGraph.GroupScratch] = []
+  private var groupScratchDim = 0
 
   /// - Throws: ``SubqError/argument(op:name:value:reason:)`` for out-of-range parameters.
   public init(configuration: Configuration = Configuration()) throws(SubqError) {
@@ -162,7 +193,8 @@ public final class RetrievalDecoder {
     public var coveredKeys: Int
     /// Directed edges (summed over heads).
     public var edges: Int
-    /// Bytes the graphs hold (the keys stay in the cache).
+    /// Bytes the graphs and the Float16 search copies of the keys hold (keys and values stay in
+    /// the cache).
     public var memoryBytes: Int
     /// Seconds spent (summed over heads) on the exact query-to-key lists, on projecting and
     /// pruning them, and on linking every key into the graph.
@@ -240,11 +272,19 @@ public final class RetrievalDecoder {
       }
     }
     withExtendedLifetime(cache) {}
-    let index = Index(graphs: graphs, indexed: view.length)
+    var halves: [HalfRows]? = nil
+    if configuration.halfPrecisionSearch && c.storage == .float32 {
+      halves = (0..<c.kvHeads).map { g in
+        let h = HalfRows(width: D, capacity: view.length + 256)
+        h.append(upTo: view.length, from: .keys(view, head: g))
+        return h
+      }
+    }
+    let index = Index(graphs: graphs, halves: halves, indexed: view.length)
     indexes[Key(sequence: sequence.rawValue, layer: layer)] = index
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
     return BuildReport(seconds: seconds, keys: view.length, sampledQueries: sampled, coveredKeys: covered,
-                       edges: graphs.reduce(0) { $0 + $1.edgeTotal }, memoryBytes: graphs.reduce(0) { $0 + $1.memoryBytes },
+                       edges: graphs.reduce(0) { $0 + $1.edgeTotal }, memoryBytes: index.memoryBytes,
                        listSeconds: phases.0, projectSeconds: phases.1, linkSeconds: phases.2)
   }
 
@@ -253,8 +293,9 @@ public final class RetrievalDecoder {
     indexes[Key(sequence: sequence.rawValue, layer: layer)] != nil
   }
 
-  /// Bytes held by every index (graphs only; keys and values stay in the cache).
-  public var memoryBytes: Int { indexes.values.reduce(0) { $0 + $1.graphs.reduce(0) { $0 + $1.memoryBytes } } }
+  /// Bytes held by every index (graphs and Float16 search copies of the keys; keys and values
+  /// stay in the cache).
+  public var memoryBytes: Int { indexes.values.reduce(0) { $0 + $1.memoryBytes } }
 
   /// Drops the indexes of `sequence` (all layers).
   public func forget(_ sequence: PagedKVCache.SequenceID) {
@@ -267,7 +308,7 @@ public final class RetrievalDecoder {
   /// Gives `child` (a ``PagedKVCache/fork(_:)`` of `parent`) its own copy of `parent`'s indexes.
   public func fork(_ parent: PagedKVCache.SequenceID, as child: PagedKVCache.SequenceID) {
     for (k, e) in indexes where k.sequence == parent.rawValue {
-      indexes[Key(sequence: child.rawValue, layer: k.layer)] = Index(graphs: e.graphs, indexed: e.indexed)
+      indexes[Key(sequence: child.rawValue, layer: k.layer)] = Index(graphs: e.graphs, halves: e.halves?.map { $0.copy() }, indexed: e.indexed)
     }
   }
 
@@ -275,9 +316,14 @@ public final class RetrievalDecoder {
 
   /// What a RetrievalAttention decode step did.
   public struct Statistics: Sendable, Codable, Equatable {
-    /// Graph searches (one per query row and head that had keys to retrieve from).
+    /// Graph traversals: one per query row and head that had keys to retrieve from, or with
+    /// ``Configuration/groupedSearch`` one per query position and key/value head for the group's
+    /// query heads.
     public var searches = 0
-    /// Keys whose inner product the searches computed.
+    /// Query rows (of all heads) answered by a graph search.
+    public var rowsSearched = 0
+    /// Keys the traversals read and scored (a grouped traversal reads each key once and scores it
+    /// against all the group's queries).
     public var keysScanned = 0
     /// Cached keys summed over the searches (the denominator of ``scannedFraction``).
     public var keysCached = 0
@@ -292,7 +338,8 @@ public final class RetrievalDecoder {
     /// Keys scored while linking them.
     public var insertScanned = 0
 
-    /// Fraction of the cached keys a search scanned, averaged over searches.
+    /// Fraction of the cached keys a traversal read, averaged over traversals (with grouped
+    /// search: per key/value head and step, for all the group's query heads together).
     public var scannedFraction: Double { keysCached > 0 ? Double(keysScanned) / Double(keysCached) : 0 }
 
     public init() {}
@@ -384,7 +431,10 @@ public final class RetrievalDecoder {
       }
       for (n, (b, g)) in tasks.enumerated() { idx[b].graphs[g] = work[n] }
       stats.insertScanned = scanned.reduce(0, +)
-      for b in 0..<sequences.count { idx[b].indexed = views[b].length }
+      for b in 0..<sequences.count where views[b].length > idx[b].indexed {
+        if let hs = idx[b].halves { for g in 0..<Hkv { hs[g].append(upTo: views[b].length, from: sources[b * Hkv + g].keys) } }
+        idx[b].indexed = views[b].length
+      }
     }
 
     // 2. Static sets and searches (one per row).
@@ -406,12 +456,63 @@ public final class RetrievalDecoder {
     }
     var found = [[Int32]](repeating: [], count: tasks.count)
     var scannedPer = [Int](repeating: 0, count: tasks.count)
+    // Grouped search: the rows of each (sequence, kv head, query position) that need a search.
+    let grouped = c.groupedSearch && !c.exactSearch
+    var groups: [[Int]] = []
+    if grouped {
+      var at: [Int: Int] = [:]
+      for (n, t) in tasks.enumerated() where t.allowed.count > c.topK {
+        let key = (t.b * Hkv + t.h / G) * p.queryLength + t.i
+        if let x = at[key] { groups[x].append(n) } else { at[key] = groups.count; groups.append([n]) }
+      }
+      if groupScratches.count < workers || groupScratchDim != D {
+        groupScratches = (0..<workers).map { _ in ProximityGraph.GroupScratch(dim: D) }
+        groupScratchDim = D
+      }
+    }
+    let groupScratches = self.groupScratches
+    let groupList = groups
     let rowTasks = tasks, indexList = idx, srcs = sources
+    // With Float16 search rows: the candidates re-scored on the cache's keys.
+    let searchK = c.topK + c.topK / 8 + 8
     queries.withUnsafeBufferPointer { qb in
       let qp = SendablePointer(qb.baseAddress!)
       found.withUnsafeMutableBufferPointer { fb in
         scannedPer.withUnsafeMutableBufferPointer { sb in
           let fp = SendablePointer(fb.baseAddress!), sp = SendablePointer(sb.baseAddress!)
+          if grouped {
+            // One traversal per (sequence, kv head, query position) for the group's query heads.
+            Parallel.forEach(groupList.count, threads: workers) { t, worker in
+              let rows = groupList[t]
+              let lead = rowTasks[rows[0]]
+              let seq = p.sequences[lead.b]
+              let g = lead.h / G
+              let keys = srcs[lead.b * Hkv + g].keys
+              let qs = rows.map { UnsafePointer(qp.pointer + p.queryRows.offset(batch: seq.batch, head: rowTasks[$0].h, row: seq.queryStart + lead.i)) }
+              let half = indexList[lead.b].halves?[g]
+              var fs = indexList[lead.b].graphs[g].searchGroup(qs, keys: half?.source ?? keys, k: half == nil ? c.topK : searchK,
+                                                               width: Swift.max(c.searchWidth, c.topK), allowed: lead.allowed,
+                                                               scratch: groupScratches[worker], patience: c.patience)
+              // The traversal's keys once, plus each query's re-scored candidates.
+              let traversal = fs[0].scanned
+              var scannedAll = traversal
+              if half != nil {
+                for x in fs.indices {
+                  fs[x].rescore(qs[x], keys: keys, k: c.topK)
+                  scannedAll += fs[x].scanned - traversal
+                }
+              }
+              for (x, n) in rows.enumerated() {
+                fp.pointer[n] = fs[x].ids.sorted()
+                sp.pointer[n] = x == 0 ? scannedAll : -2  // -2: answered by the group's traversal
+              }
+            }
+            for (n, task) in rowTasks.enumerated() where task.allowed.count <= c.topK {
+              fp.pointer[n] = task.allowed.map { Int32($0) }
+              sp.pointer[n] = -1
+            }
+            return
+          }
           Parallel.forEach(rowTasks.count, threads: workers) { n, worker in
             let task = rowTasks[n]
             let seq = p.sequences[task.b]
@@ -426,8 +527,11 @@ public final class RetrievalDecoder {
               fp.pointer[n] = f.ids.sorted()
               sp.pointer[n] = f.scanned
             } else {
-              let f = indexList[task.b].graphs[g].search(query, keys: keys, k: c.topK, width: Swift.max(c.searchWidth, c.topK),
-                                                         allowed: task.allowed, scratch: scratches[worker])
+              let half = indexList[task.b].halves?[g]
+              var f = indexList[task.b].graphs[g].search(query, keys: half?.source ?? keys, k: half == nil ? c.topK : searchK,
+                                                         width: Swift.max(c.searchWidth, c.topK), allowed: task.allowed,
+                                                         scratch: scratches[worker])
+              if half != nil { f.rescore(query, keys: keys, k: c.topK) }
               fp.pointer[n] = f.ids.sorted()
               sp.pointer[n] = f.scanned
             }
@@ -436,9 +540,12 @@ public final class RetrievalDecoder {
       }
     }
     for (n, t) in tasks.enumerated() {
-      if scannedPer[n] < 0 {
+      if scannedPer[n] == -1 {
         stats.exhaustive += 1
+      } else if scannedPer[n] == -2 {
+        stats.rowsSearched += 1
       } else {
+        stats.rowsSearched += 1
         stats.searches += 1
         stats.keysScanned += scannedPer[n]
         stats.keysCached += p.sequences[t.b].keyCount

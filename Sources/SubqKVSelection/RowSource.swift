@@ -160,6 +160,14 @@ func rowDots<E: StoredScalar>(_ type: E.Type, _ q: UnsafePointer<Float>, _ src: 
   }
 }
 
+/// Prefetches rows `ids[0..<n]` of a source (the rows a graph search is about to score are
+/// scattered: asking for all of them first lets their cache misses overlap).
+@inline(__always)
+func prefetchRows(_ src: RowSource, ids: UnsafePointer<Int32>, count n: Int) {
+  let bytes = src.width * (src.storage == .float32 ? 4 : 2)
+  for i in 0..<n { prefetch(src.row(Int(ids[i])), bytes: bytes) }
+}
+
 /// Inner product of a Float32 query with row `t` of a source.
 @inline(__always)
 func rowDot(_ q: UnsafePointer<Float>, _ src: RowSource, _ t: Int) -> Float {
