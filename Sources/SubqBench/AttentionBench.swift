@@ -65,33 +65,39 @@ public struct AttentionBench {
       let opts = AttentionOptions(causal: config.causal, threads: config.threads)
       let problem = try AttentionProblem.validate(op: "bench", queries: d.queries, keys: d.keys, values: d.values, options: opts)
 
-      // Exactness check first: the last rows of head 0 (bottom-right alignment keeps their
-      // positions) against the Float64 reference.
-      let first = try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
-      let m = min(config.checkRows, n)
-      let qSlice = sliceRows(d.queries, head: 0, from: n - m, count: m)
-      let kSlice = sliceRows(d.keys, head: 0, from: 0, count: n)
-      let vSlice = sliceRows(d.values, head: 0, from: 0, count: n)
-      let got = sliceRows(first.output, head: 0, from: n - m, count: m)
-      let checkError: Double
-      if let pattern = method as? any PatternAttentionMethod {
-        // Exact over its own pattern: check against the reference over the selected keys.
-        let rows = (0..<config.batch).flatMap { b in ((n - m)..<n).map { QueryRow(batch: b, head: 0, row: $0) } }
-        let ref = try PatternCheck.reference(method: pattern, queries: d.queries, keys: d.keys, values: d.values, options: opts, rows: rows)
-        checkError = relativeError(got, ref.flatMap { $0 })
-      } else {
-        let ref = try NaiveAttention.reference(queries: qSlice, keys: kSlice, values: vSlice, options: opts)
-        checkError = relativeError(got, ref.output)
-      }
+      // The checks run in their own scope so their tensors (the first output, the reference
+      // slices, flash's output) are freed before the memory probe and the timed runs: the peak
+      // resident figure then holds the inputs, one output and the method's own memory.
+      let (checkError, errorVsFlash, flashSeconds) = try { () throws(SubqError) -> (Double, Double?, Double?) in
+        // Exactness check first: the last rows of head 0 (bottom-right alignment keeps their
+        // positions) against the Float64 reference.
+        let first = try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+        let m = min(config.checkRows, n)
+        let qSlice = sliceRows(d.queries, head: 0, from: n - m, count: m)
+        let kSlice = sliceRows(d.keys, head: 0, from: 0, count: n)
+        let vSlice = sliceRows(d.values, head: 0, from: 0, count: n)
+        let got = sliceRows(first.output, head: 0, from: n - m, count: m)
+        let checkError: Double
+        if let pattern = method as? any PatternAttentionMethod {
+          // Exact over its own pattern: check against the reference over the selected keys.
+          let rows = (0..<config.batch).flatMap { b in ((n - m)..<n).map { QueryRow(batch: b, head: 0, row: $0) } }
+          let ref = try PatternCheck.reference(method: pattern, queries: d.queries, keys: d.keys, values: d.values, options: opts, rows: rows)
+          checkError = relativeError(got, ref.flatMap { $0 })
+        } else {
+          let ref = try NaiveAttention.reference(queries: qSlice, keys: kSlice, values: vSlice, options: opts)
+          checkError = relativeError(got, ref.output)
+        }
 
-      var errorVsFlash: Double? = nil
-      var flashSeconds: Double? = nil
-      if !info.isExact && !(method is any PatternAttentionMethod) {
-        let t0 = monotonicSeconds()
-        let exact = try FlashAttention().attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
-        flashSeconds = monotonicSeconds() - t0
-        errorVsFlash = relativeError(first.output, exact.output.scalars.map(Double.init))
-      }
+        var errorVsFlash: Double? = nil
+        var flashSeconds: Double? = nil
+        if !info.isExact && !(method is any PatternAttentionMethod) {
+          let t0 = monotonicSeconds()
+          let exact = try FlashAttention().attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+          flashSeconds = monotonicSeconds() - t0
+          errorVsFlash = relativeError(first.output, exact.output.scalars.map(Double.init))
+        }
+        return (checkError, errorVsFlash, flashSeconds)
+      }()
 
       // Memory: one probed run (threads and code are warm after the check above). The probe
       // trims the heap first, so pages freed by earlier runs cannot hide this run's allocations;
