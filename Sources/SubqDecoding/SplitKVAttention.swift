@@ -24,9 +24,10 @@ import SubqKernels
 /// ``FlashAttention``'s up to rounding. Longer query blocks work (16 queries at a time) but prefill
 /// is faster with ``FlashAttention``.
 ///
-/// Differences from the reference CUDA code: the split count is chosen from the key count alone
-/// (chunks of at least 512 keys, at most 128 chunks), not from the number of cores, so results do
-/// not depend on the thread count; the dynamic work queue (``Parallel``) balances the chunks; the
+/// Differences from the reference CUDA code: the split count is chosen from the shape alone
+/// (chunks of at least 512 keys, at most 128 chunks per unit and 4096 in all, so a prefill-sized
+/// call keeps O(Nq·Dv) partials), not from the number of cores, so results do not depend on the
+/// thread count; the dynamic work queue (``Parallel``) balances the chunks; the
 /// combine step runs as a second parallel pass, as in Flash-Decoding (not Lean Attention's
 /// host-block spin-wait).
 ///
@@ -39,7 +40,7 @@ public struct SplitKVAttention: AttentionMethod {
     complexity: "O(Nq·Nk·D) time, O(splits·Nq·Dv) extra memory; made for Nq ≤ 16",
     isExact: true,
     parameters: [
-      MethodParameter("splits", default: "0", "key chunks per (sequence, kv head); 0 = automatic (≥ 512 keys each, at most 128)"),
+      MethodParameter("splits", default: "0", "key chunks per (sequence, kv head); 0 = automatic (≥ 512 keys each, at most 128, at most 4096 in all)"),
     ],
     supportedFeatures: MethodInfo.allFeatures)
 
@@ -47,7 +48,7 @@ public struct SplitKVAttention: AttentionMethod {
   public let splits: Int
 
   /// - Parameter splits: key chunks per (sequence, key/value head); 0 (the default) picks chunks of
-  ///   at least 512 keys and at most 128 chunks.
+  ///   at least 512 keys, at most 128 chunks per unit and at most 4096 chunks in all.
   public init(splits: Int = 0) throws(SubqError) {
     guard splits >= 0, splits <= 65536 else {
       throw .argument(op: "attention.splitkv", name: "splits", value: "\(splits)", reason: "must be in 0...65536 (0 = automatic)")

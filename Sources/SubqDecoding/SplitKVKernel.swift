@@ -53,8 +53,12 @@ struct SplitKVPlan: Sendable {
   static let maxQueryTile = 16
   /// The automatic split: chunks of at least this many keys…
   static let minChunkKeys = 512
-  /// … and at most this many chunks per unit.
+  /// … and at most this many chunks per unit…
   static let maxSplits = 128
+  /// … and at most this many chunks in all: splitting only adds parallelism a call with few units
+  /// lacks, and every chunk costs a partial output, so a prefill-sized call (thousands of units)
+  /// gets one chunk per unit and its partials stay O(Nq·Dv), not O(Nq·Nk·Dv / 512).
+  static let maxItems = 4096
 
   /// - Parameter splits: chunks per unit, or 0 for the automatic choice (which depends only on the
   ///   key count, so results do not depend on the thread count).
@@ -68,6 +72,10 @@ struct SplitKVPlan: Sendable {
     var maxRows = 1
     let tile = SplitKVPlan.maxQueryTile
     let bk = SplitKVPlan.blockKeys
+    // Units in all (query tiles × kv heads), so the automatic split can keep the total number of
+    // chunks bounded; it depends on the shape only, never on the thread count.
+    let unitCount = p.sequences.reduce(0) { $0 + ($1.queryCount + tile - 1) / tile } * p.keyValueHeads
+    let autoSplits = max(1, min(SplitKVPlan.maxSplits, SplitKVPlan.maxItems / max(1, unitCount)))
     for (si, seq) in p.sequences.enumerated() {
       for i0 in stride(from: 0, to: seq.queryCount, by: tile) {
         let nq = min(tile, seq.queryCount - i0)
@@ -82,7 +90,7 @@ struct SplitKVPlan: Sendable {
           if splits > 0 {
             chunk = (span + splits - 1) / splits
           } else {
-            chunk = max(SplitKVPlan.minChunkKeys, (span + SplitKVPlan.maxSplits - 1) / SplitKVPlan.maxSplits)
+            chunk = max(SplitKVPlan.minChunkKeys, (span + autoSplits - 1) / autoSplits)
           }
           chunk = (chunk + bk - 1) / bk * bk
         }

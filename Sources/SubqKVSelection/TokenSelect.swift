@@ -42,7 +42,7 @@ public struct TokenSelect: KeySelectingMethod {
     name: "tokenselect",
     summary: "TokenSelect: per-head q·k criticality, soft voting across heads, exact attention to top-k + sink + recent tokens",
     paper: "Wu et al., TokenSelect: Efficient Long-Context Inference and Length Extrapolation for LLMs via Dynamic Token-Level KV Cache Selection (arXiv 2411.02886)",
-    complexity: "O(Hq·Nk·D) scoring per query chunk + O(Hq·Nq·(init + top-k + local)·D) attention; O(Hq·Nk) extra memory",
+    complexity: "O(Hq·Nk·D) scoring per query chunk + O(Hq·Nq·(init + top-k + local)·D) attention; extra memory O(Hq·Nq·Dv·⌈(init + top-k + local)/512⌉) for partial outputs (one per 512 attended keys) + at most 32 MiB of scores",
     isExact: false,
     parameters: [
       MethodParameter("top-k", default: "2048", "tokens kept by soft voting (besides the initial and local tokens)"),
@@ -207,17 +207,33 @@ public struct TokenSelect: KeySelectingMethod {
 
   /// The attended positions of every chunk (sorted).
   func selections(_ p: AttentionProblem, q: UnsafePointer<Float>, sources: [KVSource], chunks: [Chunk]) -> [[Int32]] {
+    // Requests are scored in batches of at most `scoreBudget` scores (Hq per candidate key), so a
+    // prefill-sized call (thousands of chunks, each scoring every key it sees) keeps its score
+    // buffers bounded instead of holding O(Nq/chunk · Hq · Nk) of them at once.
+    let scoreBudget = 1 << 23
+    let vote = SoftVote(queryHeads: p.queryHeads, kvHeads: p.keyValueHeads, headDim: p.headDim, threads: p.threads)
+    var topk = [[Int32]?](repeating: nil, count: chunks.count)
     var requests: [SoftVote.Request] = []
     var which: [Int] = []
+    var pending = 0
+    func flush() {
+      if requests.isEmpty { return }
+      let picked = vote.select(requests)
+      for (r, i) in which.enumerated() { topk[i] = picked[r] }
+      requests.removeAll(keepingCapacity: true)
+      which.removeAll(keepingCapacity: true)
+      pending = 0
+    }
     for (i, c) in chunks.enumerated() {
       if let r = request(p, chunk: c, fingerprint: fingerprint(p, q: q, sequence: c.sequence, rows: c.rows), sources: sources) {
+        let cost = p.queryHeads * r.candidates.count
+        if pending > 0 && pending + cost > scoreBudget { flush() }
         requests.append(r)
         which.append(i)
+        pending += cost
       }
     }
-    let picked = SoftVote(queryHeads: p.queryHeads, kvHeads: p.keyValueHeads, headDim: p.headDim, threads: p.threads).select(requests)
-    var topk = [[Int32]?](repeating: nil, count: chunks.count)
-    for (r, i) in which.enumerated() { topk[i] = picked[r] }
+    flush()
     return chunks.indices.map { attendedPositions(chunks[$0], topK: topk[$0]) }
   }
 
