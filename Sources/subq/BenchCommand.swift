@@ -83,7 +83,9 @@ struct BenchCommand: ParsableCommand {
                             + (approx ? ["err vs flash", "flash (1 run)", "speed-up"] : []),
                           rightAligned: Set(0..<11))
     for r in rows {
-      table.add([String(r.n), formatSeconds(r.medianSeconds), formatSeconds(r.minSeconds), formatSeconds(r.cpuSeconds), String(format: "%.1f", r.gflops),
+      table.add([String(r.n), formatSeconds(r.medianSeconds), formatSeconds(r.minSeconds), formatSeconds(r.cpuSeconds),
+                 // Approximate methods do other work than exact attention's FLOPs: no rate (as in compare).
+                 r.errorVsFlash == nil ? String(format: "%.1f", r.gflops) : "—",
                  formatBytes(r.peakResidentBytes), r.extraBytes.map(formatBytes) ?? "—", String(format: "%.1e", r.checkError)]
                 + (approx ? [r.errorVsFlash.map { String(format: "%.2e", $0) } ?? "—",
                              r.flashSeconds.map(formatSeconds) ?? "—",
