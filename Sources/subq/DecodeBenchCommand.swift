@@ -240,7 +240,7 @@ struct DecodeBenchCommand: ParsableCommand {
       t.add(["\(r.method) processor time per step (median)", formatSeconds(r.methodCPUMedianSeconds)])
       t.add(["speed-up vs exact (median / mean / processor time)",
              String(format: "%.1f× / %.1f× / %.1f×", r.speedup, r.meanSpeedup, r.exactCPUMedianSeconds / r.methodCPUMedianSeconds)])
-      t.add([r.method == "retrieval" ? "keys scanned per kv head and step" : "keys scored per step", String(format: "%.2f%%", 100 * r.scannedFraction)])
+      t.add([r.method == "retrieval" ? "keys scanned per search (per query head; per kv head if grouped)" : "keys scored per step", String(format: "%.2f%%", 100 * r.scannedFraction)])
       t.add(["keys touched per step", String(format: "%.2f%%", 100 * r.touchedFraction)])
       t.add(["keys attended per query row", String(format: "%.0f", r.attendedPerRow)])
       t.add(["top-\(r.recallK) recall (attended keys)", String(format: "%.3f", r.recallAttended)])
