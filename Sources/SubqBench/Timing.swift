@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import SubqCore
 
 /// Wall-clock timing of repeated runs, with the processor time they used.
 public struct Timing: Sendable, Codable, Equatable {
@@ -45,16 +46,6 @@ public struct Timing: Sendable, Codable, Equatable {
     return Timing(samples: samples, cpuSamples: cpu)
   }
 }
-
-/// Processor time used by this process so far, all threads, in seconds.
-public func processCPUSeconds() -> Double {
-  var t = timespec()
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
-  return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
-}
-
-/// The current time in seconds from an arbitrary origin (monotonic).
-public func monotonicSeconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
 /// Formats seconds as a short human string ("812 µs", "12.3 ms", "4.56 s").
 public func formatSeconds(_ s: Double) -> String {

@@ -272,11 +272,11 @@ public final class LlamaSession: @unchecked Sendable {
 
   /// Runs one token and returns its logits.
   public func decode(_ token: Int) throws(SubqError) -> [Float] {
-    let t0 = monotonic(), c0 = processCPUSeconds()
+    let t0 = monotonicSeconds(), c0 = processCPUSeconds()
     let hidden = try forward([token], outputRows: 0..<1, timed: false)
     let out = logits(hidden, rows: 1)
     timings.decodeTokens += 1
-    timings.decodeSeconds += monotonic() - t0
+    timings.decodeSeconds += monotonicSeconds() - t0
     timings.decodeCPUSeconds += processCPUSeconds() - c0
     return out
   }
@@ -311,15 +311,6 @@ public final class LlamaSession: @unchecked Sendable {
     return out
   }
 
-  func monotonic() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
-
-  /// Processor time used by this process so far (all threads).
-  func processCPUSeconds() -> Double {
-    var t = timespec()
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
-    return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
-  }
-
   /// The transformer over `tokens` at positions `position…`; returns the final-normalized hidden
   /// states of `outputRows`, `[outputRows.count, dim]`.
   func forward(_ tokens: [Int], outputRows: Range<Int>, timed: Bool = true) throws(SubqError) -> [Float] {
@@ -337,7 +328,7 @@ public final class LlamaSession: @unchecked Sendable {
     guard outputRows.lowerBound >= 0, outputRows.upperBound <= n else {
       throw .argument(op: "llm.forward", name: "outputRows", value: "\(outputRows)", reason: "must lie in 0..<\(n)")
     }
-    let t0 = monotonic(), c0 = processCPUSeconds()
+    let t0 = monotonicSeconds(), c0 = processCPUSeconds()
     let dim = c.dim, D = c.headDim, Hq = c.heads, Hkv = c.kvHeads, F = c.ffnDim
     let qd = Hq * D, kvd = Hkv * D
     let x = AlignedBuffer<Float>(count: n * dim)
@@ -405,7 +396,7 @@ public final class LlamaSession: @unchecked Sendable {
     outputNorm(rows: outputRows, x: x.pointer, into: &out)
     if timed {
       timings.prefillTokens += n
-      timings.prefillSeconds += monotonic() - t0
+      timings.prefillSeconds += monotonicSeconds() - t0
       timings.prefillCPUSeconds += processCPUSeconds() - c0
     }
     return out

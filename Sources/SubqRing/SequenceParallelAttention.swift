@@ -220,7 +220,7 @@ public struct SequenceParallelAttention: Sendable {
     let D = g.headDim, Dv = g.valueDim
 
     // Scatter: one message per rank with its rows of Q, then K, then V.
-    let t0 = monotonic()
+    let t0 = monotonicSeconds()
     func shardFloats(_ r: Int) -> Int { part.localLength(r) * (g.queryGroups * D + g.keyGroups * (D + Dv)) }
     let shard = FloatBuffer(count: shardFloats(comm.rank))
     func pack(_ r: Int, into dst: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>) {
@@ -262,7 +262,7 @@ public struct SequenceParallelAttention: Sendable {
     } else {
       comm.wait(comm.start([.receive(into: shard.bytes(0..<shard.count), from: root, tag: RingTag.scatter)]))
     }
-    run.stats.distributionSeconds += monotonic() - t0
+    run.stats.distributionSeconds += monotonicSeconds() - t0
 
     let outFloats = PartialRows.floats(groups: g.queryGroups, rows: n, width: Dv)
     let outBuf = FloatBuffer(count: outFloats)
@@ -271,7 +271,7 @@ public struct SequenceParallelAttention: Sendable {
     run.run(variant, q: qs, k: ks, v: vs, out: out)
 
     // Gather: every rank sends its output rows and log-sum-exp to the root.
-    let t1 = monotonic()
+    let t1 = monotonicSeconds()
     var result: AttentionResult? = nil
     if isRoot {
       var o = Tensor(shape: [g.batch, g.queryHeads, g.length, Dv], repeating: 0)
@@ -309,7 +309,7 @@ public struct SequenceParallelAttention: Sendable {
     }
     // Transfers borrow these buffers: keep them alive to the end (Swift may end a lifetime early).
     withExtendedLifetime((shard, outBuf)) {}
-    run.stats.distributionSeconds += monotonic() - t1
+    run.stats.distributionSeconds += monotonicSeconds() - t1
     return (result, run.stats)
   }
 

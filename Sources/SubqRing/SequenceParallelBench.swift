@@ -102,14 +102,14 @@ public struct SequenceParallelBench: Sendable {
       for _ in 0..<4 {
         var flag: Int32 = 0
         withUnsafeMutableBytes(of: &flag) { comm.broadcast($0, root: 0) }  // start together
-        let t0 = monotonic()
+        let t0 = monotonicSeconds()
         for _ in 0..<exchanges {
           comm.wait(comm.start([
             .send(UnsafeRawBufferPointer(rebasing: send[0..<chunkBytes]), to: (comm.rank + 1) % comm.size, tag: RingTag.probe),
             .receive(into: UnsafeMutableRawBufferPointer(rebasing: recv[0..<chunkBytes]), from: (comm.rank - 1 + comm.size) % comm.size, tag: RingTag.probe),
           ]))
         }
-        times.append((monotonic() - t0) / Double(exchanges))
+        times.append((monotonicSeconds() - t0) / Double(exchanges))
       }
       times.removeFirst()
       rate = Double(chunkBytes) / (times.min() ?? 1)

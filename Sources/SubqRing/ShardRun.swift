@@ -35,16 +35,16 @@ final class ShardRun<C: Communicator> {
   /// Waits for `handle`, counting the time blocked as communication.
   func wait(_ handle: Int?) {
     guard let handle else { return }
-    let t0 = monotonic()
+    let t0 = monotonicSeconds()
     comm.wait(handle)
-    stats.waitSeconds += monotonic() - t0
+    stats.waitSeconds += monotonicSeconds() - t0
   }
 
   /// Runs `body` counting its time as compute.
   func compute<R>(_ body: () -> R) -> R {
-    let t0 = monotonic()
+    let t0 = monotonicSeconds()
     let r = body()
-    stats.computeSeconds += monotonic() - t0
+    stats.computeSeconds += monotonicSeconds() - t0
     return r
   }
 
@@ -57,15 +57,14 @@ final class ShardRun<C: Communicator> {
   /// rank's rows into `out` (`[B·Hq, n]` rows of `Dv`).
   func run(_ variant: SequenceParallelAttention.Variant, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
            v: UnsafePointer<Float>, out: PartialRows) {
-    let t0 = monotonic()
+    let t0 = monotonicSeconds()
     switch variant {
     case .ring: ring(q: q, k: k, v: v, out: out)
     case .tokenring: tokenRing(q: q, k: k, v: v, out: out)
     case .heads: heads(q: q, k: k, v: v, out: out)
     }
-    stats.attentionSeconds += monotonic() - t0
+    stats.attentionSeconds += monotonicSeconds() - t0
   }
 }
 
 /// Seconds from an arbitrary origin (monotonic).
-func monotonic() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }

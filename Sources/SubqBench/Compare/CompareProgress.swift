@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import SubqCore
 import Synchronization
 
 /// Progress of a comparison on stderr: on a terminal, one bar redrawn in place (current method,
