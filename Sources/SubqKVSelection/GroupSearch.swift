@@ -106,6 +106,9 @@ extension ProximityGraph {
     let top: Int
     /// Turns of this query since a candidate last entered its top `top`.
     var stale = 0
+    /// An id that is never returned (treated as excluded), or −1: the single-query search uses
+    /// it to leave out the key a query was built from.
+    var skip: Int32 = -1
 
     /// Inserts (s, id) if it ranks among the pool; returns its position (or `size` if not kept).
     @inline(__always) mutating func offer(_ s: Float, _ id: Int32) -> Int {
@@ -129,10 +132,11 @@ extension ProximityGraph {
       ids[a] = id
       done[a] = false
       size += 1
-      if id >= lo && id < hi { included += 1 }
+      if id >= lo && id < hi && id != skip { included += 1 }
+      // Keep at most ef allowed entries, and no excluded entry below the last allowed one.
       while size > 0 {
         let last = ids[size - 1]
-        let inside = last >= lo && last < hi
+        let inside = last >= lo && last < hi && last != skip
         guard included > ef || (included == ef && !inside) else { break }
         size -= 1
         if inside { included -= 1 }

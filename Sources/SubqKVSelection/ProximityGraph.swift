@@ -225,53 +225,16 @@ struct ProximityGraph: Sendable {
     let visited = scratch.visited
     let ps = scratch.poolScores, pid = scratch.poolIds, pex = scratch.poolExpanded
     let freshIds = scratch.freshIds, freshScores = scratch.freshScores
-    var size = 0
     var scanned = 0
-    var included = 0  // pool entries inside `allowed`
-
-    /// Inserts (s, id) if it ranks among the pool; returns its position (or `size` if not kept).
-    @inline(__always) func offer(_ s: Float, _ id: Int32) -> Int {
-      if included >= ef && size > 0 {
-        let ls = ps[size - 1]
-        if !(s > ls || (s == ls && id < pid[size - 1])) { return size }
-      }
-      // Binary search: first position whose entry ranks below (s, id).
-      var a = 0, b = size
-      while a < b {
-        let mid = (a + b) >> 1
-        let ms = ps[mid]
-        if ms > s || (ms == s && pid[mid] < id) { a = mid + 1 } else { b = mid }
-      }
-      let moving = size - a
-      if moving > 0 {
-        (ps + a + 1).update(from: ps + a, count: moving)
-        (pid + a + 1).update(from: pid + a, count: moving)
-        (pex + a + 1).update(from: pex + a, count: moving)
-      }
-      ps[a] = s
-      pid[a] = id
-      pex[a] = false
-      size += 1
-      if id >= lo && id < hi && id != skip { included += 1 }
-      // Keep at most ef allowed entries, and no excluded entry below the last allowed one.
-      while size > 0 {
-        let last = pid[size - 1]
-        let inside = last >= lo && last < hi && last != skip
-        guard included > ef || (included == ef && !inside) else { break }
-        size -= 1
-        if inside { included -= 1 }
-      }
-      return a
-    }
-
+    var pool = Pool(scores: ps, ids: pid, done: pex, ef: ef, lo: lo, hi: hi, top: k, skip: skip)
     for e in entries where Int(e) < n && visited[Int(e)] != epoch {
       visited[Int(e)] = epoch
       scanned += 1
-      _ = offer(rowDot(q, keys, Int(e)), e)
+      _ = pool.offer(rowDot(q, keys, Int(e)), e)
     }
     var i = 0
-    while i < size {
-      var next = size
+    while i < pool.size {
+      var next = pool.size
       if !pex[i] {
         pex[i] = true
         let node = Int(pid[i])
@@ -298,7 +261,7 @@ struct ProximityGraph: Sendable {
         rowDots(q, keys, ids: freshIds, count: fresh, out: freshScores)
         scanned += fresh
         for x in 0..<fresh {
-          let at = offer(freshScores[x], freshIds[x])
+          let at = pool.offer(freshScores[x], freshIds[x])
           if at < next { next = at }
         }
       }
@@ -307,7 +270,7 @@ struct ProximityGraph: Sendable {
     var ids: [Int32] = [], scores: [Float] = []
     ids.reserveCapacity(k + 1)
     scores.reserveCapacity(k + 1)
-    for x in 0..<size {
+    for x in 0..<pool.size {
       let id = pid[x]
       guard id >= lo && id < hi && id != skip else { continue }
       ids.append(id)
