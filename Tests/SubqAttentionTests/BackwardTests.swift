@@ -4,50 +4,12 @@ import Subquadratic
 import SubqTestSupport
 import Testing
 
-/// One backward-pass test case: shapes and the forward's options.
-struct BackwardCase: CustomStringConvertible, Sendable {
-  var b = 1, hq = 2, hkv = 2, nq = 65, nk = 65, d = 32, dv = 32
-  var causal = false
-  var align = CausalAlignment.bottomRight
-  var window = AttentionWindow.unbounded
-  var softcap: Float? = nil
-  var alibi = false
-  var keyLengths: [Int]? = nil
-  var varlen: ([Int], [Int])? = nil
-  var layout = AttentionLayout.bhsd
-
-  var description: String {
-    var s = "B\(b) H\(hq):\(hkv) Nq\(nq) Nk\(nk) D\(d) Dv\(dv) \(layout)"
-    if causal { s += " causal(\(align.rawValue))" }
-    if window != .unbounded { s += " window(\(window.left.map(String.init) ?? "∞"),\(window.right.map(String.init) ?? "∞"))" }
-    if let softcap { s += " softcap \(softcap)" }
-    if alibi { s += " alibi" }
-    if let keyLengths { s += " keylens \(keyLengths)" }
-    if let varlen { s += " varlen \(varlen.0) \(varlen.1)" }
-    return s
-  }
-
-  func shape(_ h: Int, _ n: Int, _ x: Int) -> [Int] { layout == .bhsd ? [b, h, n, x] : [b, n, h, x] }
-
-  /// Q, K, V, dO and options; keys past the key lengths hold huge values.
-  func inputs(seed: UInt64) -> (q: Tensor, k: Tensor, v: Tensor, dout: Tensor, options: AttentionOptions) {
-    let q = Tensor.randomNormal(shape: shape(hq, nq, d), seed: seed)
-    var k = Tensor.randomNormal(shape: shape(hkv, nk, d), seed: seed + 1)
-    var v = Tensor.randomNormal(shape: shape(hkv, nk, dv), seed: seed + 2)
-    let dout = Tensor.randomNormal(shape: shape(hq, nq, dv), seed: seed + 3)
-    var o = AttentionOptions(causal: causal, alignment: align, window: window, softcap: softcap, keyLengths: keyLengths, layout: layout)
-    if alibi {
-      o.alibiSlopes = Tensor(shape: [hq]) { p in for h in p.indices { p[h] = Float(pow(2.0, -8.0 * Double(h + 1) / Double(hq))) } }
-    }
-    if let (cq, ck) = varlen {
-      o.cuSeqlensQ = cq
-      o.cuSeqlensK = ck
-    }
-    if let kl = keyLengths {
-      fillRows(&k, layout: layout, from: kl, value: 3e4)
-      fillRows(&v, layout: layout, from: kl, value: 1e30)
-    }
-    return (q, k, v, dout, o)
+extension AttentionCase {
+  /// Q, K, V and options as ``AttentionCase/inputs(seed:)``, and a fresh N(0, 1) output gradient
+  /// (seed `seed + 3`).
+  func backwardInputs(seed: UInt64) -> (q: Tensor, k: Tensor, v: Tensor, dout: Tensor, options: AttentionOptions) {
+    let (q, k, v, o) = inputs(seed: seed)
+    return (q, k, v, Tensor.randomNormal(shape: shape(hq, nq, dv), seed: seed + 3), o)
   }
 }
 
@@ -59,19 +21,19 @@ struct BackwardCase: CustomStringConvertible, Sendable {
 /// gradient lands near 1e-9; a wrong term (a missing softcap derivative, a wrong group sum or
 /// scale) is off by ≥ 1e-3.
 struct NaiveBackwardFiniteDifferenceTests {
-  static let cases: [BackwardCase] = [
-    BackwardCase(hq: 2, hkv: 1, nq: 7, nk: 11, d: 5, dv: 3),
-    BackwardCase(hq: 4, hkv: 2, nq: 9, nk: 6, d: 4, dv: 6, causal: true),
-    BackwardCase(nq: 6, nk: 9, d: 3, dv: 3, causal: true, align: .topLeft, window: AttentionWindow(left: 2, right: 1)),
-    BackwardCase(hq: 2, hkv: 1, nq: 8, nk: 8, d: 4, dv: 4, softcap: 1.5, alibi: true),
-    BackwardCase(b: 2, hq: 2, hkv: 2, nq: 5, nk: 9, d: 3, dv: 2, causal: true, keyLengths: [9, 4]),
-    BackwardCase(hq: 2, hkv: 1, nq: 10, nk: 9, d: 3, dv: 3, causal: true, varlen: ([0, 4, 10], [0, 5, 9]), layout: .bshd),
+  static let cases: [AttentionCase] = [
+    AttentionCase(hq: 2, hkv: 1, nq: 7, nk: 11, d: 5, dv: 3),
+    AttentionCase(hq: 4, hkv: 2, nq: 9, nk: 6, d: 4, dv: 6, causal: true),
+    AttentionCase(nq: 6, nk: 9, d: 3, dv: 3, causal: true, align: .topLeft, window: AttentionWindow(left: 2, right: 1)),
+    AttentionCase(hq: 2, hkv: 1, nq: 8, nk: 8, d: 4, dv: 4, softcap: 1.5, alibi: true),
+    AttentionCase(b: 2, hq: 2, hkv: 2, nq: 5, nk: 9, d: 3, dv: 2, causal: true, keyLengths: [9, 4]),
+    AttentionCase(hq: 2, hkv: 1, nq: 10, nk: 9, d: 3, dv: 3, causal: true, varlen: ([0, 4, 10], [0, 5, 9]), layout: .bshd),
   ]
 
   @Test("naive gradients match finite differences", arguments: cases)
-  func finiteDifferences(c: BackwardCase) throws {
+  func finiteDifferences(c: AttentionCase) throws {
     let seed = testSeed()
-    let (q, k, v, dout, opts) = c.inputs(seed: seed)
+    let (q, k, v, dout, opts) = c.backwardInputs(seed: seed)
     var o = opts
     o.allowNonFinite = true  // the huge padded keys are finite anyway
     if c.keyLengths != nil {
@@ -139,8 +101,8 @@ struct NaiveBackwardFiniteDifferenceTests {
 /// a few bits; observed errors are ~1e-6. A wrong mask, scale, softcap derivative or group sum
 /// costs ≥ 1e-2.
 struct FlashBackwardTests {
-  func check(_ c: BackwardCase, method: FlashAttention = try! FlashAttention(), seed: UInt64 = testSeed()) throws {
-    let (q, k, v, dout, opts) = c.inputs(seed: seed)
+  func check(_ c: AttentionCase, method: FlashAttention = try! FlashAttention(), seed: UInt64 = testSeed()) throws {
+    let (q, k, v, dout, opts) = c.backwardInputs(seed: seed)
     let ref = try NaiveAttention.referenceGradients(queries: q, keys: k, values: v, outputGradient: dout, options: opts)
     let g = try method.gradients(queries: q, keys: k, values: v, outputGradient: dout, options: opts)
     #expect(g.queries.shape == q.shape && g.keys.shape == k.shape && g.values.shape == v.shape)
@@ -169,82 +131,81 @@ struct FlashBackwardTests {
   func lengthGrid(causal: Bool) throws {
     for nq in Self.lengths {
       for nk in Self.lengths where nq * nk <= 200_000 || nq == nk {
-        try check(BackwardCase(hq: 2, hkv: 1, nq: nq, nk: nk, d: 32, dv: 32, causal: causal))
+        try check(AttentionCase(hq: 2, hkv: 1, nq: nq, nk: nk, d: 32, dv: 32, causal: causal))
       }
     }
   }
 
   @Test("head dims", arguments: [1, 16, 32, 33, 63, 64, 80, 128, 256])
   func headDims(d: Int) throws {
-    try check(BackwardCase(nq: 130, nk: 97, d: d, dv: d))
-    try check(BackwardCase(nq: 65, nk: 150, d: d, dv: d == 1 ? 3 : d - 1, causal: true))
+    try check(AttentionCase(nq: 130, nk: 97, d: d, dv: d))
+    try check(AttentionCase(nq: 65, nk: 150, d: d, dv: d == 1 ? 3 : d - 1, causal: true))
   }
 
   @Test func valueDimDiffers() throws {
-    try check(BackwardCase(nq: 100, nk: 77, d: 64, dv: 128))
-    try check(BackwardCase(nq: 100, nk: 77, d: 128, dv: 40, causal: true))
-    try check(BackwardCase(nq: 33, nk: 300, d: 17, dv: 5))
+    try check(AttentionCase(nq: 100, nk: 77, d: 64, dv: 128))
+    try check(AttentionCase(nq: 100, nk: 77, d: 128, dv: 40, causal: true))
+    try check(AttentionCase(nq: 33, nk: 300, d: 17, dv: 5))
   }
 
   @Test func groupedAndMultiQuery() throws {
-    try check(BackwardCase(b: 2, hq: 8, hkv: 2, nq: 70, nk: 130, d: 64, dv: 64))
-    try check(BackwardCase(b: 1, hq: 6, hkv: 1, nq: 129, nk: 65, d: 40, dv: 40, causal: true))
+    try check(AttentionCase(b: 2, hq: 8, hkv: 2, nq: 70, nk: 130, d: 64, dv: 64))
+    try check(AttentionCase(b: 1, hq: 6, hkv: 1, nq: 129, nk: 65, d: 40, dv: 40, causal: true))
   }
 
   @Test("causal alignments with Nq ≠ Nk", arguments: CausalAlignment.allCases)
   func alignments(align: CausalAlignment) throws {
     for (nq, nk) in [(65, 200), (200, 65), (1, 500), (500, 7), (64, 64)] {
-      try check(BackwardCase(nq: nq, nk: nk, d: 32, dv: 32, causal: true, align: align))
+      try check(AttentionCase(nq: nq, nk: nk, d: 32, dv: 32, causal: true, align: align))
     }
   }
 
   @Test func windows() throws {
     for (l, r) in [(16, 0), (0, 0), (100, 20), (nil, 5), (3, nil), (250, 250)] as [(Int?, Int?)] {
-      try check(BackwardCase(nq: 200, nk: 300, d: 32, dv: 32, window: AttentionWindow(left: l, right: r)))
-      try check(BackwardCase(nq: 300, nk: 200, d: 32, dv: 32, causal: true, align: .topLeft, window: AttentionWindow(left: l, right: r)))
+      try check(AttentionCase(nq: 200, nk: 300, d: 32, dv: 32, window: AttentionWindow(left: l, right: r)))
+      try check(AttentionCase(nq: 300, nk: 200, d: 32, dv: 32, causal: true, align: .topLeft, window: AttentionWindow(left: l, right: r)))
     }
   }
 
   @Test func softcapAndAlibi() throws {
-    try check(BackwardCase(nq: 130, nk: 200, d: 64, dv: 64, softcap: 5))
-    try check(BackwardCase(nq: 130, nk: 200, d: 64, dv: 64, causal: true, softcap: 30))
-    try check(BackwardCase(hq: 4, hkv: 2, nq: 150, nk: 150, d: 64, dv: 64, alibi: true))
-    try check(BackwardCase(hq: 4, hkv: 1, nq: 77, nk: 300, d: 32, dv: 32, causal: true, window: AttentionWindow(left: 90, right: nil),
-                           softcap: 2, alibi: true))
+    try check(AttentionCase(nq: 130, nk: 200, d: 64, dv: 64, softcap: 5))
+    try check(AttentionCase(nq: 130, nk: 200, d: 64, dv: 64, causal: true, softcap: 30))
+    try check(AttentionCase(hq: 4, hkv: 2, nq: 150, nk: 150, d: 64, dv: 64, alibi: true))
+    try check(AttentionCase(hq: 4, hkv: 1, nq: 77, nk: 300, d: 32, dv: 32, causal: true, window: AttentionWindow(left: 90, right: nil), softcap: 2, alibi: true))
   }
 
   @Test func keyLengthsNeverLeak() throws {
-    try check(BackwardCase(b: 3, hq: 4, hkv: 2, nq: 65, nk: 300, d: 64, dv: 64, keyLengths: [300, 129, 1]))
-    try check(BackwardCase(b: 3, hq: 2, hkv: 2, nq: 65, nk: 300, d: 64, dv: 64, causal: true, keyLengths: [0, 200, 37]))
+    try check(AttentionCase(b: 3, hq: 4, hkv: 2, nq: 65, nk: 300, d: 64, dv: 64, keyLengths: [300, 129, 1]))
+    try check(AttentionCase(b: 3, hq: 2, hkv: 2, nq: 65, nk: 300, d: 64, dv: 64, causal: true, keyLengths: [0, 200, 37]))
   }
 
   @Test func packedVariableLength() throws {
-    try check(BackwardCase(hq: 4, hkv: 2, nq: 300, nk: 260, d: 64, dv: 64, varlen: ([0, 100, 101, 300], [0, 64, 64, 260])))
-    try check(BackwardCase(hq: 2, hkv: 2, nq: 300, nk: 300, d: 48, dv: 48, causal: true, varlen: ([0, 7, 200, 300], [0, 7, 200, 300])))
+    try check(AttentionCase(hq: 4, hkv: 2, nq: 300, nk: 260, d: 64, dv: 64, varlen: ([0, 100, 101, 300], [0, 64, 64, 260])))
+    try check(AttentionCase(hq: 2, hkv: 2, nq: 300, nk: 300, d: 48, dv: 48, causal: true, varlen: ([0, 7, 200, 300], [0, 7, 200, 300])))
   }
 
   @Test func bshdLayout() throws {
-    try check(BackwardCase(b: 2, hq: 4, hkv: 2, nq: 77, nk: 130, d: 64, dv: 32, causal: true, layout: .bshd))
+    try check(AttentionCase(b: 2, hq: 4, hkv: 2, nq: 77, nk: 130, d: 64, dv: 32, causal: true, layout: .bshd))
   }
 
   @Test("block sizes", arguments: [(64, 1), (128, 7), (64, 500), (192, 96)])
   func blockSizes(bq: Int, bk: Int) throws {
-    try check(BackwardCase(hq: 2, hkv: 1, nq: 300, nk: 257, d: 40, dv: 40, causal: true), method: try FlashAttention(blockQ: bq, blockK: bk))
+    try check(AttentionCase(hq: 2, hkv: 1, nq: 300, nk: 257, d: 40, dv: 40, causal: true), method: try FlashAttention(blockQ: bq, blockK: bk))
   }
 
   @Test("fully masked rows: zero gradients, no NaN")
   func fullyMasked() throws {
     // Bottom-right causal with Nq > Nk: the first rows see no key (LSE +∞).
-    try check(BackwardCase(nq: 200, nk: 65, d: 32, dv: 32, causal: true))
-    let (q, k, v, dout, opts) = BackwardCase(nq: 5, nk: 3, d: 8, dv: 8, causal: true).inputs(seed: 1)
+    try check(AttentionCase(nq: 200, nk: 65, d: 32, dv: 32, causal: true))
+    let (q, k, v, dout, opts) = AttentionCase(nq: 5, nk: 3, d: 8, dv: 8, causal: true).backwardInputs(seed: 1)
     let g = try FlashAttention().gradients(queries: q, keys: k, values: v, outputGradient: dout, options: opts)
     for h in 0..<2 { for i in 0..<2 { for d in 0..<8 { #expect(g.queries[0, h, i, d] == 0) } } }
   }
 
   /// The raw kernel writes every dQ element (NaN poison) and reads only what it must.
   @Test func writesEveryQueryGradient() throws {
-    let c = BackwardCase(b: 2, hq: 4, hkv: 2, nq: 150, nk: 140, d: 40, dv: 24, causal: true, window: AttentionWindow(left: 30, right: nil))
-    let (q, k, v, dout, opts) = c.inputs(seed: testSeed())
+    let c = AttentionCase(b: 2, hq: 4, hkv: 2, nq: 150, nk: 140, d: 40, dv: 24, causal: true, window: AttentionWindow(left: 30, right: nil))
+    let (q, k, v, dout, opts) = c.backwardInputs(seed: testSeed())
     var o = opts
     o.returnLSE = true
     let flash = try FlashAttention()
@@ -269,9 +230,9 @@ struct FlashBackwardTests {
 
   /// Bit-identical results on every run and for any number of threads.
   @Test func deterministicForAnyThreadCount() throws {
-    for c in [BackwardCase(hq: 4, hkv: 1, nq: 500, nk: 700, d: 64, dv: 64, causal: true),
-              BackwardCase(b: 2, hq: 4, hkv: 2, nq: 300, nk: 300, d: 32, dv: 48, softcap: 3)] {
-      let (q, k, v, dout, opts) = c.inputs(seed: testSeed())
+    for c in [AttentionCase(hq: 4, hkv: 1, nq: 500, nk: 700, d: 64, dv: 64, causal: true),
+              AttentionCase(b: 2, hq: 4, hkv: 2, nq: 300, nk: 300, d: 32, dv: 48, softcap: 3)] {
+      let (q, k, v, dout, opts) = c.backwardInputs(seed: testSeed())
       var results: [AttentionGradients] = []
       for threads in [1, 2, 3, 7, 2] {
         var o = opts
@@ -289,8 +250,8 @@ struct FlashBackwardTests {
   /// The plan splits the key blocks into several chunks with partial dQ buffers when there are
   /// few key/value heads (so the deterministic reduction is exercised), independent of threads.
   @Test func chunkingDependsOnlyOnShape() throws {
-    let c = BackwardCase(hq: 4, hkv: 1, nq: 500, nk: 700, d: 64, dv: 64, causal: true)
-    let (q, k, v, _, opts) = c.inputs(seed: 1)
+    let c = AttentionCase(hq: 4, hkv: 1, nq: 500, nk: 700, d: 64, dv: 64, causal: true)
+    let (q, k, v, _, opts) = c.backwardInputs(seed: 1)
     var o1 = opts, o2 = opts
     o1.threads = 1
     o2.threads = 5
@@ -310,8 +271,8 @@ struct FlashBackwardTests {
   }
 
   @Test func backwardFromSavedForward() throws {
-    let c = BackwardCase(hq: 4, hkv: 2, nq: 90, nk: 120, d: 32, dv: 32, causal: true)
-    let (q, k, v, dout, opts) = c.inputs(seed: testSeed())
+    let c = AttentionCase(hq: 4, hkv: 2, nq: 90, nk: 120, d: 32, dv: 32, causal: true)
+    let (q, k, v, dout, opts) = c.backwardInputs(seed: testSeed())
     var o = opts
     o.returnLSE = true
     let f = try FlashAttention().attention(queries: q, keys: k, values: v, options: o)
@@ -321,7 +282,7 @@ struct FlashBackwardTests {
   }
 
   @Test func badInputs() throws {
-    let (q, k, v, dout, opts) = BackwardCase(nq: 10, nk: 12, d: 8, dv: 8).inputs(seed: 1)
+    let (q, k, v, dout, opts) = AttentionCase(nq: 10, nk: 12, d: 8, dv: 8).backwardInputs(seed: 1)
     var o = opts
     o.returnLSE = true
     let f = try FlashAttention().attention(queries: q, keys: k, values: v, options: o)

@@ -9,48 +9,10 @@ import Testing
 /// the log-sum-exp. Float32 accumulation over ≤ 1000 keys and a 1e-7 exp2 polynomial leave errors
 /// around 1e-7–1e-6, so 1e-5 catches every real bug (a wrong mask, scale or rescale costs ≥ 1e-3).
 struct FlashForwardTests {
-  struct Case: CustomStringConvertible, Sendable {
-    var b = 1, hq = 2, hkv = 2, nq = 65, nk = 65, d = 64, dv = 64
-    var causal = false
-    var align = CausalAlignment.bottomRight
-    var window = AttentionWindow.unbounded
-    var softcap: Float? = nil
-    var alibi = false
-    var keyLengths: [Int]? = nil
-    var varlen: ([Int], [Int])? = nil
-    var layout = AttentionLayout.bhsd
-    var description: String {
-      var s = "B\(b) H\(hq):\(hkv) Nq\(nq) Nk\(nk) D\(d) Dv\(dv) \(layout)"
-      if causal { s += " causal(\(align.rawValue))" }
-      if window != .unbounded { s += " window(\(window.left.map(String.init) ?? "∞"),\(window.right.map(String.init) ?? "∞"))" }
-      if let softcap { s += " softcap \(softcap)" }
-      if alibi { s += " alibi" }
-      if let keyLengths { s += " keylens \(keyLengths)" }
-      if let varlen { s += " varlen \(varlen.0) \(varlen.1)" }
-      return s
-    }
-  }
-
-  func check(_ c: Case, method: FlashAttention = try! FlashAttention(), seed: UInt64 = testSeed()) throws {
-    func shape(_ h: Int, _ n: Int, _ x: Int) -> [Int] { c.layout == .bhsd ? [c.b, h, n, x] : [c.b, n, h, x] }
-    let q = Tensor.randomNormal(shape: shape(c.hq, c.nq, c.d), seed: seed)
-    var k = Tensor.randomNormal(shape: shape(c.hkv, c.nk, c.d), seed: seed + 1)
-    var v = Tensor.randomNormal(shape: shape(c.hkv, c.nk, c.dv), seed: seed + 2)
-    var opts = AttentionOptions(causal: c.causal, alignment: c.align, window: c.window, softcap: c.softcap,
-                                keyLengths: c.keyLengths, layout: c.layout, returnLSE: true)
-    if c.alibi {
-      opts.alibiSlopes = Tensor(shape: [c.hq]) { p in for h in p.indices { p[h] = Float(pow(2.0, -8.0 * Double(h + 1) / Double(c.hq))) } }
-    }
-    if let (cq, ck) = c.varlen {
-      opts.cuSeqlensQ = cq
-      opts.cuSeqlensK = ck
-    }
-    if let kl = c.keyLengths {
-      // Keys and values the kernel must not read: huge, so a leak is loud.
-      fillRows(&k, layout: c.layout, from: kl, value: 3e4)
-      fillRows(&v, layout: c.layout, from: kl, value: 1e30)
-      opts.allowNonFinite = false
-    }
+  func check(_ c: AttentionCase, method: FlashAttention = try! FlashAttention(), seed: UInt64 = testSeed()) throws {
+    let (q, k, v, caseOptions) = c.inputs(seed: seed)
+    var opts = caseOptions
+    opts.returnLSE = true
     let ref = try NaiveAttention.reference(queries: q, keys: k, values: v, options: opts)
     let r = try method.attention(queries: q, keys: k, values: v, options: opts)
     #expect(!hasNaN(r.output), "NaN in output: \(c) seed \(seed)")
@@ -67,67 +29,67 @@ struct FlashForwardTests {
   func lengthGrid(causal: Bool) throws {
     for nq in Self.lengths {
       for nk in Self.lengths where nq * nk <= 200_000 || nq == nk {
-        try check(Case(hq: 2, hkv: 1, nq: nq, nk: nk, d: 32, dv: 32, causal: causal))
+        try check(AttentionCase(hq: 2, hkv: 1, nq: nq, nk: nk, d: 32, dv: 32, causal: causal))
       }
     }
   }
 
   @Test("head dims", arguments: [1, 16, 32, 63, 64, 80, 128, 256])
   func headDims(d: Int) throws {
-    try check(Case(nq: 200, nk: 131, d: d, dv: d))
-    try check(Case(nq: 65, nk: 200, d: d, dv: d == 1 ? 3 : d - 1, causal: true))
+    try check(AttentionCase(nq: 200, nk: 131, d: d, dv: d))
+    try check(AttentionCase(nq: 65, nk: 200, d: d, dv: d == 1 ? 3 : d - 1, causal: true))
   }
 
   @Test func valueDimDiffers() throws {
-    try check(Case(nq: 100, nk: 77, d: 64, dv: 128))
-    try check(Case(nq: 100, nk: 77, d: 128, dv: 40, causal: true))
-    try check(Case(nq: 33, nk: 300, d: 17, dv: 5))
+    try check(AttentionCase(nq: 100, nk: 77, d: 64, dv: 128))
+    try check(AttentionCase(nq: 100, nk: 77, d: 128, dv: 40, causal: true))
+    try check(AttentionCase(nq: 33, nk: 300, d: 17, dv: 5))
   }
 
   @Test func groupedAndMultiQuery() throws {
-    try check(Case(b: 2, hq: 8, hkv: 2, nq: 70, nk: 130, d: 64, dv: 64))
-    try check(Case(b: 1, hq: 8, hkv: 1, nq: 129, nk: 65, d: 80, dv: 80, causal: true))
+    try check(AttentionCase(b: 2, hq: 8, hkv: 2, nq: 70, nk: 130, d: 64, dv: 64))
+    try check(AttentionCase(b: 1, hq: 8, hkv: 1, nq: 129, nk: 65, d: 80, dv: 80, causal: true))
   }
 
   @Test("causal alignments with Nq ≠ Nk", arguments: CausalAlignment.allCases)
   func alignments(align: CausalAlignment) throws {
     for (nq, nk) in [(65, 200), (200, 65), (1, 1000), (1000, 7), (64, 64)] {
-      try check(Case(nq: nq, nk: nk, d: 32, dv: 32, causal: true, align: align))
+      try check(AttentionCase(nq: nq, nk: nk, d: 32, dv: 32, causal: true, align: align))
     }
   }
 
   @Test func windows() throws {
     for (l, r) in [(16, 0), (0, 0), (100, 20), (nil, 5), (3, nil), (250, 250)] as [(Int?, Int?)] {
-      try check(Case(nq: 200, nk: 300, d: 32, dv: 32, window: AttentionWindow(left: l, right: r)))
-      try check(Case(nq: 300, nk: 200, d: 32, dv: 32, causal: true, align: .topLeft, window: AttentionWindow(left: l, right: r)))
+      try check(AttentionCase(nq: 200, nk: 300, d: 32, dv: 32, window: AttentionWindow(left: l, right: r)))
+      try check(AttentionCase(nq: 300, nk: 200, d: 32, dv: 32, causal: true, align: .topLeft, window: AttentionWindow(left: l, right: r)))
     }
   }
 
   @Test func softcapAndAlibi() throws {
-    try check(Case(nq: 130, nk: 200, d: 64, dv: 64, softcap: 5))
-    try check(Case(nq: 130, nk: 200, d: 64, dv: 64, causal: true, softcap: 30))
-    try check(Case(hq: 4, hkv: 2, nq: 150, nk: 150, d: 64, dv: 64, alibi: true))
-    try check(Case(hq: 4, hkv: 1, nq: 77, nk: 300, d: 32, dv: 32, causal: true, softcap: 10, alibi: true))
+    try check(AttentionCase(nq: 130, nk: 200, d: 64, dv: 64, softcap: 5))
+    try check(AttentionCase(nq: 130, nk: 200, d: 64, dv: 64, causal: true, softcap: 30))
+    try check(AttentionCase(hq: 4, hkv: 2, nq: 150, nk: 150, d: 64, dv: 64, alibi: true))
+    try check(AttentionCase(hq: 4, hkv: 1, nq: 77, nk: 300, d: 32, dv: 32, causal: true, softcap: 10, alibi: true))
   }
 
   @Test func keyLengthsNeverLeak() throws {
-    try check(Case(b: 3, hq: 4, hkv: 2, nq: 65, nk: 300, d: 64, dv: 64, keyLengths: [300, 129, 1]))
-    try check(Case(b: 3, hq: 2, hkv: 2, nq: 65, nk: 300, d: 64, dv: 64, causal: true, keyLengths: [0, 200, 37]))
+    try check(AttentionCase(b: 3, hq: 4, hkv: 2, nq: 65, nk: 300, d: 64, dv: 64, keyLengths: [300, 129, 1]))
+    try check(AttentionCase(b: 3, hq: 2, hkv: 2, nq: 65, nk: 300, d: 64, dv: 64, causal: true, keyLengths: [0, 200, 37]))
   }
 
   @Test func packedVariableLength() throws {
-    try check(Case(hq: 4, hkv: 2, nq: 300, nk: 260, d: 64, dv: 64, varlen: ([0, 100, 101, 300], [0, 64, 64, 260])))
-    try check(Case(hq: 2, hkv: 2, nq: 300, nk: 300, d: 48, dv: 48, causal: true, varlen: ([0, 7, 200, 300], [0, 7, 200, 300])))
+    try check(AttentionCase(hq: 4, hkv: 2, nq: 300, nk: 260, d: 64, dv: 64, varlen: ([0, 100, 101, 300], [0, 64, 64, 260])))
+    try check(AttentionCase(hq: 2, hkv: 2, nq: 300, nk: 300, d: 48, dv: 48, causal: true, varlen: ([0, 7, 200, 300], [0, 7, 200, 300])))
   }
 
   @Test func bshdLayout() throws {
-    try check(Case(b: 2, hq: 4, hkv: 2, nq: 77, nk: 130, d: 64, dv: 32, causal: true, layout: .bshd))
+    try check(AttentionCase(b: 2, hq: 4, hkv: 2, nq: 77, nk: 130, d: 64, dv: 32, causal: true, layout: .bshd))
   }
 
   @Test("fully masked rows give zeros and lse = +∞")
   func fullyMasked() throws {
     // top-left causal with Nq > Nk window: rows past the keys; bottom-right causal with Nq > Nk.
-    try check(Case(nq: 200, nk: 65, d: 32, dv: 32, causal: true))
+    try check(AttentionCase(nq: 200, nk: 65, d: 32, dv: 32, causal: true))
     let q = Tensor.randomNormal(shape: [1, 1, 5, 8], seed: 1)
     let k = Tensor.randomNormal(shape: [1, 1, 3, 8], seed: 2)
     let v = Tensor.randomNormal(shape: [1, 1, 3, 8], seed: 3)
@@ -142,7 +104,7 @@ struct FlashForwardTests {
   @Test("block sizes", arguments: [(64, 1), (128, 7), (64, 500), (192, 96)])
   func blockSizes(bq: Int, bk: Int) throws {
     guard bq % 64 == 0 else { return }
-    try check(Case(hq: 2, hkv: 1, nq: 300, nk: 257, d: 40, dv: 40, causal: true), method: try FlashAttention(blockQ: bq, blockK: bk))
+    try check(AttentionCase(hq: 2, hkv: 1, nq: 300, nk: 257, d: 40, dv: 40, causal: true), method: try FlashAttention(blockQ: bq, blockK: bk))
   }
 
   /// Scores that keep growing along the keys force the lazy softmax shift to move inside and

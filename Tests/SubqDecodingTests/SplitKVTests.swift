@@ -12,46 +12,10 @@ import Testing
 /// polynomial and a Float64-weighted merge of ≤ 128 partials stay near 1e-6; a wrong mask, scale,
 /// rescale or merge costs ≥ 1e-3.
 struct SplitKVTests {
-  struct Case: CustomStringConvertible, Sendable {
-    var b = 1, hq = 4, hkv = 1, nq = 1, nk = 300, d = 64, dv = 64
-    var causal = false
-    var align = CausalAlignment.bottomRight
-    var window = AttentionWindow.unbounded
-    var softcap: Float? = nil
-    var alibi = false
-    var keyLengths: [Int]? = nil
-    var varlen: ([Int], [Int])? = nil
-    var layout = AttentionLayout.bhsd
-    var description: String {
-      var s = "B\(b) H\(hq):\(hkv) Nq\(nq) Nk\(nk) D\(d) Dv\(dv) \(layout)"
-      if causal { s += " causal(\(align.rawValue))" }
-      if window != .unbounded { s += " window(\(window.left.map(String.init) ?? "∞"),\(window.right.map(String.init) ?? "∞"))" }
-      if let softcap { s += " softcap \(softcap)" }
-      if alibi { s += " alibi" }
-      if let keyLengths { s += " keylens \(keyLengths)" }
-      if let varlen { s += " varlen \(varlen.0) \(varlen.1)" }
-      return s
-    }
-  }
-
-  func check(_ c: Case, splits: [Int] = [0, 1, 3], seed: UInt64 = testSeed()) throws {
-    func shape(_ h: Int, _ n: Int, _ x: Int) -> [Int] { c.layout == .bhsd ? [c.b, h, n, x] : [c.b, n, h, x] }
-    let q = Tensor.randomNormal(shape: shape(c.hq, c.nq, c.d), seed: seed)
-    var k = Tensor.randomNormal(shape: shape(c.hkv, c.nk, c.d), seed: seed + 1)
-    var v = Tensor.randomNormal(shape: shape(c.hkv, c.nk, c.dv), seed: seed + 2)
-    var opts = AttentionOptions(causal: c.causal, alignment: c.align, window: c.window, softcap: c.softcap,
-                                keyLengths: c.keyLengths, layout: c.layout, returnLSE: true)
-    if c.alibi {
-      opts.alibiSlopes = Tensor(shape: [c.hq]) { p in for h in p.indices { p[h] = Float(pow(2.0, -8.0 * Double(h + 1) / Double(c.hq))) } }
-    }
-    if let (cq, ck) = c.varlen {
-      opts.cuSeqlensQ = cq
-      opts.cuSeqlensK = ck
-    }
-    if let kl = c.keyLengths {
-      fillRows(&k, layout: c.layout, from: kl, value: 3e4)
-      fillRows(&v, layout: c.layout, from: kl, value: 1e30)
-    }
+  func check(_ c: AttentionCase, splits: [Int] = [0, 1, 3], seed: UInt64 = testSeed()) throws {
+    let (q, k, v, caseOptions) = c.inputs(seed: seed)
+    var opts = caseOptions
+    opts.returnLSE = true
     let ref = try NaiveAttention.reference(queries: q, keys: k, values: v, options: opts)
     for s in splits {
       let r = try SplitKVAttention(splits: s).attention(queries: q, keys: k, values: v, options: opts)
@@ -66,54 +30,54 @@ struct SplitKVTests {
   @Test("decode shapes: Nq 1…16 against long and awkward key counts", arguments: [1, 2, 3, 5, 16])
   func decodeShapes(nq: Int) throws {
     for nk in [1, 7, 63, 64, 65, 200, 1000, 3000] {
-      try check(Case(hq: 8, hkv: 2, nq: nq, nk: nk, d: 64, dv: 64, causal: nk >= nq))
+      try check(AttentionCase(hq: 8, hkv: 2, nq: nq, nk: nk, d: 64, dv: 64, causal: nk >= nq))
     }
   }
 
   @Test func longerQueryBlocks() throws {
-    try check(Case(hq: 2, hkv: 1, nq: 40, nk: 200, d: 32, dv: 32, causal: true))
-    try check(Case(hq: 2, hkv: 2, nq: 130, nk: 77, d: 16, dv: 24))
+    try check(AttentionCase(hq: 2, hkv: 1, nq: 40, nk: 200, d: 32, dv: 32, causal: true))
+    try check(AttentionCase(hq: 2, hkv: 2, nq: 130, nk: 77, d: 16, dv: 24))
   }
 
   @Test("head dims", arguments: [1, 17, 32, 80, 128, 256])
   func headDims(d: Int) throws {
-    try check(Case(hq: 4, hkv: 2, nq: 3, nk: 333, d: d, dv: d))
-    try check(Case(hq: 4, hkv: 1, nq: 2, nk: 129, d: d, dv: d == 1 ? 3 : d - 1, causal: true))
+    try check(AttentionCase(hq: 4, hkv: 2, nq: 3, nk: 333, d: d, dv: d))
+    try check(AttentionCase(hq: 4, hkv: 1, nq: 2, nk: 129, d: d, dv: d == 1 ? 3 : d - 1, causal: true))
   }
 
   @Test func groupSizes() throws {
     for (hq, hkv) in [(1, 1), (8, 8), (8, 1), (6, 2), (32, 8)] {
-      try check(Case(b: 2, hq: hq, hkv: hkv, nq: 1, nk: 500, d: 64, dv: 64))
+      try check(AttentionCase(b: 2, hq: hq, hkv: hkv, nq: 1, nk: 500, d: 64, dv: 64))
     }
   }
 
   @Test("causal alignments", arguments: CausalAlignment.allCases)
   func alignments(align: CausalAlignment) throws {
     for (nq, nk) in [(1, 300), (4, 300), (16, 17), (16, 10), (3, 1)] {
-      try check(Case(hq: 2, hkv: 1, nq: nq, nk: nk, d: 32, dv: 32, causal: true, align: align))
+      try check(AttentionCase(hq: 2, hkv: 1, nq: nq, nk: nk, d: 32, dv: 32, causal: true, align: align))
     }
   }
 
   @Test func windowsSoftcapAlibi() throws {
     for (l, r) in [(16, 0), (0, 0), (100, 20), (nil, 5), (600, nil)] as [(Int?, Int?)] {
-      try check(Case(hq: 4, hkv: 2, nq: 4, nk: 700, d: 32, dv: 32, causal: true, window: AttentionWindow(left: l, right: r)))
+      try check(AttentionCase(hq: 4, hkv: 2, nq: 4, nk: 700, d: 32, dv: 32, causal: true, window: AttentionWindow(left: l, right: r)))
     }
-    try check(Case(hq: 4, hkv: 1, nq: 2, nk: 600, softcap: 5))
-    try check(Case(hq: 4, hkv: 2, nq: 3, nk: 600, causal: true, alibi: true))
-    try check(Case(hq: 4, hkv: 1, nq: 5, nk: 900, d: 48, dv: 48, causal: true, window: AttentionWindow(left: 300, right: nil), softcap: 20, alibi: true))
+    try check(AttentionCase(hq: 4, hkv: 1, nq: 2, nk: 600, softcap: 5))
+    try check(AttentionCase(hq: 4, hkv: 2, nq: 3, nk: 600, causal: true, alibi: true))
+    try check(AttentionCase(hq: 4, hkv: 1, nq: 5, nk: 900, d: 48, dv: 48, causal: true, window: AttentionWindow(left: 300, right: nil), softcap: 20, alibi: true))
   }
 
   @Test func keyLengthsVarlenLayout() throws {
-    try check(Case(b: 3, hq: 4, hkv: 2, nq: 2, nk: 900, d: 64, dv: 64, causal: true, keyLengths: [900, 1, 513]))
-    try check(Case(b: 3, hq: 4, hkv: 2, nq: 1, nk: 300, d: 64, dv: 64, keyLengths: [0, 300, 64]))
-    try check(Case(hq: 4, hkv: 2, nq: 5, nk: 900, d: 32, dv: 32, causal: true, varlen: ([0, 1, 3, 5], [0, 300, 301, 900])))
-    try check(Case(b: 2, hq: 4, hkv: 2, nq: 3, nk: 555, d: 40, dv: 24, causal: true, layout: .bshd))
+    try check(AttentionCase(b: 3, hq: 4, hkv: 2, nq: 2, nk: 900, d: 64, dv: 64, causal: true, keyLengths: [900, 1, 513]))
+    try check(AttentionCase(b: 3, hq: 4, hkv: 2, nq: 1, nk: 300, d: 64, dv: 64, keyLengths: [0, 300, 64]))
+    try check(AttentionCase(hq: 4, hkv: 2, nq: 5, nk: 900, d: 32, dv: 32, causal: true, varlen: ([0, 1, 3, 5], [0, 300, 301, 900])))
+    try check(AttentionCase(b: 2, hq: 4, hkv: 2, nq: 3, nk: 555, d: 40, dv: 24, causal: true, layout: .bshd))
   }
 
   @Test("many splits, empty and tiny chunks", arguments: [2, 7, 64, 1000])
   func splitCounts(splits: Int) throws {
-    try check(Case(hq: 4, hkv: 1, nq: 3, nk: 1000, causal: true), splits: [splits])
-    try check(Case(hq: 2, hkv: 1, nq: 1, nk: 70, window: AttentionWindow(left: 3, right: 3)), splits: [splits])
+    try check(AttentionCase(hq: 4, hkv: 1, nq: 3, nk: 1000, causal: true), splits: [splits])
+    try check(AttentionCase(hq: 2, hkv: 1, nq: 1, nk: 70, window: AttentionWindow(left: 3, right: 3)), splits: [splits])
   }
 
   @Test func matchesFlash() throws {
