@@ -17,6 +17,11 @@ public struct AttentionBench {
     public var threads = Parallel.defaultThreads
     /// Rows of the exactness check against the Float64 reference (last rows of head 0).
     public var checkRows = 128
+    /// Measure the machine's FMA rate (``MachinePeak``, all threads) right before and after every
+    /// timed run, so each run's GFLOP/s is compared with the limit measured around it. On a shared
+    /// host, where the limit itself drifts by tens of percent within minutes, this ratio is far
+    /// steadier than a rate divided by a peak measured at another time.
+    public var interleavedPeak = false
 
     public init(lengths: [Int]) { self.lengths = lengths }
   }
@@ -45,6 +50,11 @@ public struct AttentionBench {
     /// For approximate methods: wall time of that one exact `flash` run (default parameters,
     /// same inputs, options and threads), for the speed-up in the same run.
     public var flashSeconds: Double? = nil
+    /// With ``Config/interleavedPeak``: median FMA rate (GFLOP/s, all threads) measured around the
+    /// timed runs, and the median over runs of the run's GFLOP/s divided by the mean of the peaks
+    /// measured just before and just after it.
+    public var peakGFlops: Double? = nil
+    public var peakFraction: Double? = nil
   }
 
   public let method: any AttentionMethod
@@ -109,24 +119,35 @@ public struct AttentionBench {
       let peak = Double(MachineInfo.peakResidentBytes())
       blackHole(probed.output)
 
-      var failure: SubqError? = nil
-      let timing = Timing.measure(repeats: config.repeats, warmup: 0) {
-        do {
-          let r = try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
-          blackHole(r.output)
-        } catch { failure = error as? SubqError }
-      }
-      if let failure { throw failure }
       // Pattern methods: count only the pairs they attend to.
       var flops = problem.flops
       if let pattern = method as? any PatternAttentionMethod {
         flops = try pattern.attendedPairs(queries: d.queries, keys: d.keys, values: d.values, options: opts)
           * Double(2 * problem.headDim + 2 * problem.valueDim)
       }
+      var failure: SubqError? = nil
+      // With an interleaved peak, peaks[i] is measured just before run i and peaks[i + 1] just after.
+      var peaks: [Double] = []
+      func measurePeak() { peaks.append((0..<3).map { _ in MachinePeak.fmaRate(threads: config.threads) }.max()!) }
+      let timing = Timing.measure(repeats: config.repeats, warmup: 0) {
+        if config.interleavedPeak { measurePeak() }
+        do {
+          let r = try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+          blackHole(r.output)
+        } catch { failure = error as? SubqError }
+      }
+      if let failure { throw failure }
+      var peakGFlops: Double? = nil, peakFraction: Double? = nil
+      if config.interleavedPeak {
+        measurePeak()
+        peakGFlops = Timing(samples: peaks).median
+        let ratios = timing.samples.indices.map { i in flops / timing.samples[i] / 1e9 / ((peaks[i] + peaks[i + 1]) / 2) }
+        peakFraction = Timing(samples: ratios).median
+      }
       let row = Row(n: n, medianSeconds: timing.median, minSeconds: timing.min, cpuSeconds: timing.medianCPU, flops: flops,
                     gflops: flops / timing.median / 1e9, peakResidentBytes: peak,
                     extraBytes: growth.map { max(0, $0 - outputBytes) }, checkError: checkError, errorVsFlash: errorVsFlash,
-                    flashSeconds: flashSeconds)
+                    flashSeconds: flashSeconds, peakGFlops: peakGFlops, peakFraction: peakFraction)
       rows.append(row)
       progress(row)
     }

@@ -30,6 +30,8 @@ struct BenchCommand: ParsableCommand {
   @Flag(help: "Print JSON instead of a table.") var json = false
   @Flag(help: "Time the backward pass (flash only) next to the forward; backward GFLOP/s count 2.5× the forward's FLOPs.")
   var backward = false
+  @Flag(name: .customLong("vs-peak"), help: "Measure the FMA peak (all threads) around every timed run and report each run's share of it.")
+  var vsPeak = false
 
   func run() throws {
     let lengths = try parseLengths(n, option: "--n")
@@ -47,7 +49,9 @@ struct BenchCommand: ParsableCommand {
     config.data = data
     config.seed = seed
     if let threads { config.threads = threads }
+    config.interleavedPeak = vsPeak
     if backward {
+      if vsPeak { throw SubqError.unsupported(op: "bench", feature: "--vs-peak with --backward", reason: "the interleaved peak is measured for forward runs only") }
       guard let flash = m as? FlashAttention else {
         throw SubqError.unsupported(op: "bench", feature: "--backward with method \(method)", reason: "only flash has a fast backward pass")
       }
@@ -80,16 +84,25 @@ struct BenchCommand: ParsableCommand {
     }
     let approx = rows.contains { $0.errorVsFlash != nil }
     var table = TextTable(header: ["N", "median", "min", "CPU/run", "GFLOP/s", "peak RSS", "extra mem", "check err"]
-                            + (approx ? ["err vs flash", "flash (1 run)", "speed-up"] : []),
-                          rightAligned: Set(0..<11))
+                            + (approx ? ["err vs flash", "flash (1 run)", "speed-up"] : [])
+                            + (vsPeak ? ["FMA peak", "of peak"] : []),
+                          rightAligned: Set(0..<13))
     for r in rows {
-      table.add([String(r.n), formatSeconds(r.medianSeconds), formatSeconds(r.minSeconds), formatSeconds(r.cpuSeconds),
-                 // Approximate methods do other work than exact attention's FLOPs: no rate (as in compare).
-                 r.errorVsFlash == nil ? String(format: "%.1f", r.gflops) : "—",
-                 formatBytes(r.peakResidentBytes), r.extraBytes.map(formatBytes) ?? "—", String(format: "%.1e", r.checkError)]
-                + (approx ? [r.errorVsFlash.map { String(format: "%.2e", $0) } ?? "—",
-                             r.flashSeconds.map(formatSeconds) ?? "—",
-                             r.flashSeconds.map { String(format: "%.1f×", $0 / r.medianSeconds) } ?? "—"] : []))
+      // Approximate methods do other work than exact attention's FLOPs: no rate (as in compare).
+      let rate = r.errorVsFlash == nil ? String(format: "%.1f", r.gflops) : "—"
+      var cells: [String] = [String(r.n), formatSeconds(r.medianSeconds), formatSeconds(r.minSeconds), formatSeconds(r.cpuSeconds),
+                             rate, formatBytes(r.peakResidentBytes), r.extraBytes.map(formatBytes) ?? "—",
+                             String(format: "%.1e", r.checkError)]
+      if approx {
+        cells.append(r.errorVsFlash.map { String(format: "%.2e", $0) } ?? "—")
+        cells.append(r.flashSeconds.map(formatSeconds) ?? "—")
+        cells.append(r.flashSeconds.map { String(format: "%.1f×", $0 / r.medianSeconds) } ?? "—")
+      }
+      if vsPeak {
+        cells.append(r.peakGFlops.map { String(format: "%.1f", $0) } ?? "—")
+        cells.append(r.peakFraction.map { String(format: "%.1f%%", 100 * $0) } ?? "—")
+      }
+      table.add(cells)
     }
     print(table.render())
   }
