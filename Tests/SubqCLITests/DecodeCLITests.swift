@@ -53,6 +53,25 @@ import Testing
     #expect(bad.status == 2 && bad.stderr.contains("only flash"))
   }
 
+  @Test func benchVsPeak() throws {
+    let r = try runSubq(["bench", "--n", "200", "--heads", "2", "--dim", "32", "--repeat", "3", "--vs-peak", "--json"])
+    #expect(r.status == 0, "stderr: \(r.stderr)")
+    struct Report: Decodable {
+      struct Row: Decodable { var gflops: Double; var peakGFlops: Double?; var peakFraction: Double? }
+      var rows: [Row]
+    }
+    let row = try #require(try JSONDecoder().decode(Report.self, from: Data(r.stdout.utf8)).rows.first)
+    let peak = try #require(row.peakGFlops), fraction = try #require(row.peakFraction)
+    #expect(peak > 0 && fraction > 0, "peak \(peak), fraction \(fraction)")
+    // The median of per-run ratios and the ratio of medians agree within the run-to-run spread.
+    let ratio = row.gflops / peak
+    #expect(fraction > ratio / 3 && fraction < ratio * 3, "fraction \(fraction) vs \(ratio)")
+    let plain = try runSubq(["bench", "--n", "64", "--heads", "1", "--repeat", "1", "--json"])
+    #expect(!plain.stdout.contains("peakFraction"), "no peak unless asked: \(plain.stdout)")
+    let bad = try runSubq(["bench", "--backward", "--vs-peak", "--n", "64", "--repeat", "1"])
+    #expect(bad.status == 2 && bad.stderr.contains("--vs-peak"), "\(bad.stderr)")
+  }
+
   @Test func splitkvThroughAttentionCommand() throws {
     let dir = temporaryDirectory()
     let q = Tensor.randomNormal(shape: [8, 2, 32], seed: 1), k = Tensor.randomNormal(shape: [2, 500, 32], seed: 2)
