@@ -9,13 +9,17 @@
 /// query index running along them) and B is a block of dO or Q rows.
 package enum AccumulateTiles {
   /// Rows per tile.
-  package static let rows = 6
+  @inlinable package static var rows: Int { 6 }
   /// The widest tile this build uses, in lane vectors: 4 on AVX-512 (24 zmm accumulators), 2
   /// elsewhere (12 ymm or NEON accumulators; wider tiles would spill).
-  package static let maxVectors = tileVectors
+  @inlinable package static var maxVectors: Int { tileVectors }
 
   /// The tile with `vectors` lane vectors (1 ≤ vectors ≤ 4; at most ``maxVectors`` to avoid spills).
-  @inlinable @inline(__always)
+  // Deliberately not inlined: a tile is about a thousand cycles of FMAs, the call a few dozen.
+  // Inlined into the attention loops, the tiles' 24 accumulators and the loops' own live values
+  // compete for the registers and flash ran 30% slower (measured). The tile bodies below are
+  // inlined into these wrappers, so each wrapper is one register-tight function.
+  @inline(never)
   package static func accTile(
     vectors: Int,
     _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>, _ a2: UnsafePointer<Float>,

@@ -18,12 +18,16 @@
 /// and discard (mask) those results, so there are no remainder kernels and no reads out of bounds.
 package enum AttentionTiles {
   /// Rows per tile.
-  package static let rows = 6
+  @inlinable package static var rows: Int { 6 }
   /// Queries per tile (lanes per tile row).
-  package static let width = tileVectors * laneWidth
+  @inlinable package static var width: Int { tileVectors * laneWidth }
 
   /// `qkTile4` or `qkTile2`, whichever matches the build's lane width.
-  @inlinable @inline(__always)
+  // Deliberately not inlined: a tile is about a thousand cycles of FMAs, the call a few dozen.
+  // Inlined into the attention loops, the tiles' 24 accumulators and the loops' own live values
+  // compete for the registers and flash ran 30% slower (measured). The tile bodies below are
+  // inlined into these wrappers, so each wrapper is one register-tight function.
+  @inline(never)
   package static func qkTile(
     _ k0: UnsafePointer<Float>, _ k1: UnsafePointer<Float>, _ k2: UnsafePointer<Float>,
     _ k3: UnsafePointer<Float>, _ k4: UnsafePointer<Float>, _ k5: UnsafePointer<Float>,
@@ -40,7 +44,7 @@ package enum AttentionTiles {
   }
 
   /// `qkExpTile4` or `qkExpTile2`, whichever matches the build's lane width.
-  @inlinable @inline(__always)
+  @inline(never)
   package static func qkExpTile(
     _ k0: UnsafePointer<Float>, _ k1: UnsafePointer<Float>, _ k2: UnsafePointer<Float>,
     _ k3: UnsafePointer<Float>, _ k4: UnsafePointer<Float>, _ k5: UnsafePointer<Float>,
@@ -58,7 +62,7 @@ package enum AttentionTiles {
   }
 
   /// `pvTile4` or `pvTile2`, whichever matches the build's lane width.
-  @inlinable @inline(__always)
+  @inline(never)
   package static func pvTile(
     _ vRows: UnsafePointer<Float>, ldv: Int, _ c0: Int, _ c1: Int, _ c2: Int, _ c3: Int, _ c4: Int, _ c5: Int,
     count: Int, p: UnsafePointer<Lane>, pStride: Int,

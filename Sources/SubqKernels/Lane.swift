@@ -12,15 +12,18 @@ public typealias Lane = SIMD16<Float>
 /// Integer vector of the same width as `Lane`.
 public typealias LaneInt = SIMD16<Int32>
 /// Lane vectors per register tile row (tile width = `tileVectors · Lane.scalarCount` = 64).
-public let tileVectors = 4
+@inlinable public var tileVectors: Int { 4 }
 #else
 public typealias Lane = SIMD8<Float>
 public typealias LaneInt = SIMD8<Int32>
-public let tileVectors = 2
+@inlinable public var tileVectors: Int { 2 }
 #endif
 
 /// Floats per `Lane`.
-public let laneWidth = Lane.scalarCount
+///
+/// Computed and inlinable, as every constant here: a global `let` from another module is read
+/// through an accessor call (and a lazy-initialization check) in every loop that uses it.
+@inlinable public var laneWidth: Int { Lane.scalarCount }
 
 /// `a + b · c`, fused when the build targets a CPU with FMA.
 ///
