@@ -11,6 +11,12 @@ PyTorch's scaled_dot_product_attention (CPU) and `subq bench --method flash`, al
 of threads, and prints median times, GFLOP/s (4·N²·D·H, causal counting the visible half) and the
 ratio of each peer's time to Subquadratic's. Run it on an otherwise idle machine: shared cores
 halve every figure.
+
+With `--rounds R` (default 3) the three are timed R times in turn, the order rotating each round
+(ort, torch, subq; then torch, subq, ort; …), so that a slow phase of a shared host hits each of
+them alike. Each cell is the median over the rounds of that round's median time, and the ratio is
+the median over the rounds of (best peer's time ÷ subq's time) within the round; `--verbose`
+prints every round.
 """
 import argparse
 import json
@@ -38,7 +44,8 @@ def time_it(fn, repeats):
     return statistics.median(ts)
 
 
-def bench_ort(n, h, d, causal, threads, repeats):
+def prepare_ort(n, h, d, causal, threads):
+    """A function timing `repeats` runs of onnxruntime's MultiHeadAttention (median s), and its label."""
     try:
         import onnx
         import onnxruntime as ort
@@ -59,10 +66,11 @@ def bench_ort(n, h, d, causal, threads, repeats):
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
     feeds = {x: rng.standard_normal((1, n, hidden), dtype=np.float32) for x in "qkv"}
-    return time_it(lambda: sess.run(None, feeds), repeats), f"onnxruntime {ort.__version__} MultiHeadAttention"
+    return (lambda repeats: time_it(lambda: sess.run(None, feeds), repeats)), f"onnxruntime {ort.__version__} MultiHeadAttention"
 
 
-def bench_torch(n, h, d, causal, threads, repeats):
+def prepare_torch(n, h, d, causal, threads):
+    """A function timing `repeats` runs of PyTorch's scaled_dot_product_attention (median s), and its label."""
     try:
         import torch
     except ImportError:
@@ -76,7 +84,7 @@ def bench_torch(n, h, d, causal, threads, repeats):
         with torch.no_grad():
             f(q, k, v, is_causal=causal)
 
-    return time_it(run, repeats), f"torch {torch.__version__} scaled_dot_product_attention"
+    return (lambda repeats: time_it(run, repeats)), f"torch {torch.__version__} scaled_dot_product_attention"
 
 
 def bench_subq(subq, n, h, d, causal, threads, repeats):
@@ -96,28 +104,50 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--masking", default="non-causal,causal")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the three, in rotating order")
+    ap.add_argument("--verbose", action="store_true", help="print every round's times")
     a = ap.parse_args()
     rows = []
     labels = {}
     for d in [int(x) for x in a.dim.split(",")]:
         for n in [int(x) for x in a.n.split(",")]:
             for causal in [m == "causal" for m in a.masking.split(",")]:
-                t_ort, labels["ort"] = bench_ort(n, a.heads, d, causal, a.threads, a.repeat)
-                t_torch, labels["torch"] = bench_torch(n, a.heads, d, causal, a.threads, a.repeat)
-                t_subq, labels["subq"] = bench_subq(a.subq, n, a.heads, d, causal, a.threads, a.repeat)
-                rows.append((n, d, causal, t_ort, t_torch, t_subq))
+                ort_run, labels["ort"] = prepare_ort(n, a.heads, d, causal, a.threads)
+                torch_run, labels["torch"] = prepare_torch(n, a.heads, d, causal, a.threads)
+
+                def subq_run(repeats):
+                    t, labels["subq"] = bench_subq(a.subq, n, a.heads, d, causal, a.threads, repeats)
+                    return t
+
+                runners = [("ort", ort_run), ("torch", torch_run), ("subq", subq_run)]
+                times = {"ort": [], "torch": [], "subq": []}
+                ratios = []
+                for r in range(a.rounds):
+                    order = runners[r % 3:] + runners[:r % 3]
+                    got = {name: (fn(a.repeat) if fn else None) for name, fn in order}
+                    for name, t in got.items():
+                        if t:
+                            times[name].append(t)
+                    peers = [t for t in (got["ort"], got["torch"]) if t]
+                    if peers:
+                        ratios.append(min(peers) / got["subq"])
+                    if a.verbose:
+                        cells = " ".join(f"{k} {v * 1e3:.1f} ms" for k, v in got.items() if v)
+                        print(f"  round {r + 1} N={n} D={d} {'causal' if causal else 'non-causal'}: {cells}"
+                              + (f", best peer/subq {ratios[-1]:.2f}" if peers else ""), file=sys.stderr)
+                med = {k: (statistics.median(v) if v else None) for k, v in times.items()}
+                rows.append((n, d, causal, med["ort"], med["torch"], med["subq"], statistics.median(ratios) if ratios else None))
                 print(f"  done N={n} D={d} {'causal' if causal else 'non-causal'}", file=sys.stderr)
-    print(f"threads={a.threads} heads={a.heads}")
+    print(f"threads={a.threads} heads={a.heads} rounds={a.rounds} repeats={a.repeat}")
     for k in ("ort", "torch", "subq"):
         print(f"  {k}: {labels[k]}")
     print(f"{'N':>6} {'D':>4} {'mask':>10} | {'ort ms':>8} {'GF/s':>6} | {'torch ms':>8} {'GF/s':>6} | {'subq ms':>8} {'GF/s':>6} | {'best peer/subq':>14}")
-    for n, d, causal, t_ort, t_torch, t_subq in rows:
+    for n, d, causal, t_ort, t_torch, t_subq, ratio in rows:
         fl = flops(n, a.heads, d, causal)
         def cell(t):
             return (f"{t * 1e3:8.1f} {fl / t / 1e9:6.1f}") if t else f"{'—':>8} {'—':>6}"
-        peers = [t for t in (t_ort, t_torch) if t]
-        ratio = f"{min(peers) / t_subq:14.2f}" if peers else f"{'—':>14}"
-        print(f"{n:>6} {d:>4} {'causal' if causal else 'non-causal':>10} | {cell(t_ort)} | {cell(t_torch)} | {cell(t_subq)} | {ratio}")
+        text = f"{ratio:14.2f}" if ratio else f"{'—':>14}"
+        print(f"{n:>6} {d:>4} {'causal' if causal else 'non-causal':>10} | {cell(t_ort)} | {cell(t_torch)} | {cell(t_subq)} | {text}")
 
 
 if __name__ == "__main__":
