@@ -7,8 +7,11 @@ transposed, padded key row gives every lane its own key. The tiles below keep R 
 (R grid rows that share a key row) by W consecutive offsets in registers, so each key load feeds R
 FMAs and each query load feeds W. Swift cannot keep an array of SIMD values in registers, so every
 (R, W) shape is written out: R in 1...3, W in 1...8 with R·W ≤ 21 (so R·W accumulators plus R
-query and W key vectors fit AVX-512's 32 registers; the AVX2/NEON driver only uses R ≤ 2, W ≤ 4). Run it after changing a tile; the output
-is committed.
+query and W key vectors fit AVX-512's 32 registers; the AVX2/NEON driver only uses R ≤ 2, W ≤ 4).
+Every iteration of a tile's loop also prefetches one cache line from the list `pf` (one entry per
+iteration): the caller queues the lines the next tile and the next band will read, so memory
+requests are spread over the computation instead of issued in a burst. Run it after changing a tile;
+the output is committed.
 """
 import pathlib
 
@@ -28,7 +31,7 @@ def qk(R, W):
     L.append("  @inline(__always)")
     params = ", ".join(f"_ q{r}: UnsafePointer<Lane>" for r in range(R))
     outs = ", ".join(f"_ s{r}: UnsafeMutablePointer<Lane>" for r in range(R))
-    L.append(f"  static func qk{R}x{W}({params}, k: UnsafePointer<Float>, ldk: Int, depth: Int, {outs}) {{")
+    L.append(f"  static func qk{R}x{W}({params}, k: UnsafePointer<Float>, ldk: Int, depth: Int, {outs}, pf: UnsafePointer<UnsafeRawPointer>) {{")
     for r in range(R):
         L.append("    " + "; ".join(f"var a{r}{w} = Lane()" for w in range(W)))
     L.append("    var kp = k")
@@ -36,6 +39,7 @@ def qk(R, W):
     L.append("      " + "; ".join(f"let k{w} = loadLane(kp + {w})" for w in range(W)))
     for r in range(R):
         L.append(f"      do {{ let q = q{r}[d]; " + "; ".join(f"a{r}{w} = fmadd(a{r}{w}, q, k{w})" for w in range(W)) + " }")
+    L.append("      prefetchRead(pf[d])")
     L.append("      kp += ldk")
     L.append("    }")
     for r in range(R):
@@ -51,7 +55,7 @@ def pv(R, W):
     L.append("  @inline(__always)")
     params = ", ".join(f"_ p{r}: UnsafePointer<Lane>" for r in range(R))
     outs = ", ".join(f"_ o{r}: UnsafeMutablePointer<Lane>" for r in range(R))
-    L.append(f"  static func pv{R}x{W}({params}, v: UnsafePointer<Float>, ldv: Int, count: Int, {outs}) {{")
+    L.append(f"  static func pv{R}x{W}({params}, v: UnsafePointer<Float>, ldv: Int, count: Int, {outs}, pf: UnsafePointer<UnsafeRawPointer>) {{")
     for r in range(R):
         L.append("    " + "; ".join(f"let p{r}{w} = p{r}[{w}]" for w in range(W)))
     L.append("    var vp = v")
@@ -63,6 +67,7 @@ def pv(R, W):
         for w in range(W):
             expr = f"fmadd({expr}, p{r}{w}, v{w})"
         L.append(f"      o{r}[c] = {expr}")
+    L.append("      prefetchRead(pf[c])")
     L.append("      vp += ldv")
     L.append("    }")
     L.append("  }")
@@ -75,12 +80,12 @@ def dispatch(kind):
         L.append("  /// `qk{rows}x{width}` with the query vectors at `q + r·qStride` and the scores at `s + r·sStride`.")
         L.append("  @inline(__always)")
         L.append("  static func qk(rows: Int, width: Int, q: UnsafePointer<Lane>, qStride: Int, k: UnsafePointer<Float>, ldk: Int,")
-        L.append("                 depth: Int, s: UnsafeMutablePointer<Lane>, sStride: Int) {")
+        L.append("                 depth: Int, s: UnsafeMutablePointer<Lane>, sStride: Int, pf: UnsafePointer<UnsafeRawPointer>) {")
     else:
         L.append("  /// `pv{rows}x{width}` with the probabilities at `p + r·pStride` and the outputs at `o + r·oStride`.")
         L.append("  @inline(__always)")
         L.append("  static func pv(rows: Int, width: Int, p: UnsafePointer<Lane>, pStride: Int, v: UnsafePointer<Float>, ldv: Int,")
-        L.append("                 count: Int, o: UnsafeMutablePointer<Lane>, oStride: Int) {")
+        L.append("                 count: Int, o: UnsafeMutablePointer<Lane>, oStride: Int, pf: UnsafePointer<UnsafeRawPointer>) {")
     L.append("    switch (rows, width) {")
     for R in ROWS:
         for W in WIDTHS:
@@ -89,11 +94,11 @@ def dispatch(kind):
             if kind == "qk":
                 qs = ", ".join(f"q + {r} * qStride" for r in range(R))
                 ss = ", ".join(f"s + {r} * sStride" for r in range(R))
-                L.append(f"    case ({R}, {W}): qk{R}x{W}({qs}, k: k, ldk: ldk, depth: depth, {ss})")
+                L.append(f"    case ({R}, {W}): qk{R}x{W}({qs}, k: k, ldk: ldk, depth: depth, {ss}, pf: pf)")
             else:
                 ps = ", ".join(f"p + {r} * pStride" for r in range(R))
                 os_ = ", ".join(f"o + {r} * oStride" for r in range(R))
-                L.append(f"    case ({R}, {W}): pv{R}x{W}({ps}, v: v, ldv: ldv, count: count, {os_})")
+                L.append(f"    case ({R}, {W}): pv{R}x{W}({ps}, v: v, ldv: ldv, count: count, {os_}, pf: pf)")
     L.append("    default: preconditionFailure(\"no neighborhood tile \\(rows)x\\(width)\")")
     L.append("    }")
     L.append("  }")

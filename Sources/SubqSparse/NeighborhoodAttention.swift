@@ -277,7 +277,9 @@ struct NeighborhoodPlan: Sendable {
   let bias: [Float]?
   let biasStride: Int
   let scratchFloats: Int
-  let qtOff: Int, otOff: Int, sOff: Int, vecOff: Int, tOff: Int, slotOff: Int
+  let qtOff: Int, otOff: Int, sOff: Int, vecOff: Int, tOff: Int, pfOff: Int, slotOff: Int
+  /// Prefetch list: capacity (entries) before the padding, and the padding.
+  let pfCapacity: Int, pfPad: Int
 
   static let log2e: Float = 1.442_695_040_888_963_4
   static let ln2: Float = 0.693_147_180_559_945_3
@@ -345,7 +347,15 @@ struct NeighborhoodPlan: Sendable {
     sOff = otOff + R * p.valueDim * Lw + 16
     vecOff = sOff + R * chunkX * chunkO * Lw + 16
     tOff = vecOff + (2 * R + 2) * Lw + 16
-    slotOff = (tOff + Lw * Lw + 16 + 15) / 16 * 16
+    // The transpose area holds one 16-row block of every 16 channels of K or V (pack) or Q.
+    let tFloats = Lw * max(Lw, max(p.headDim, p.valueDim) / Lw * Lw)
+    // Prefetch list (pointers, two floats each): one tile's queries and outputs, and a share
+    // (≤ laneWidth columns) of up to R new key rows per plane of the window, then padding.
+    let lq = (p.headDim + 15) / 16, lo = (p.valueDim + 15) / 16
+    pfCapacity = R * Lw * (lq + lo) + ax0.kernel * R * Lw * (lq + lo)
+    pfPad = max(p.headDim, p.valueDim) + 16
+    pfOff = (tOff + tFloats + 16 + 15) / 16 * 16
+    slotOff = (pfOff + 2 * (pfCapacity + pfPad) + 16 + 15) / 16 * 16
     scratchFloats = slotOff + slotsZ * slotsX * slotFloats + 16
   }
 
@@ -393,23 +403,37 @@ struct NeighborhoodPlan: Sendable {
   }
 
   /// Packs key row (z, x) of sub-grid `s` into `slot`: K as `[d][padL + c]`, then V as `[c][padL + col]`.
-  /// `check` accumulates `x − x` over everything read: NaN afterwards means a non-finite input.
+  /// `check` accumulates what is read (whole vectors) or `x − x` (single elements): NaN or ±∞
+  /// afterwards means a non-finite input, or (rarely) a finite sum that overflowed, which only
+  /// costs the caller a separate check.
   func pack(b: Int, g: Int, _ s: NeighborhoodSubgrid, z: Int, x: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
             slot: UnsafeMutablePointer<Float>, block: UnsafeMutablePointer<Lane>, check: inout Lane) {
     let D = p.headDim, Dv = p.valueDim, Lw = laneWidth
     let rev = LaneTranspose.reversed
     for (src, rows, width, dst) in [(k, p.keyRows, D, slot + padL), (v, p.valueRows, Dv, slot + D * rowStride + padL)] {
+      let full = width / Lw * Lw
       var c2 = 0
       while c2 + Lw <= s.n2 {
-        var d0 = 0
-        while d0 + Lw <= width {
-          for r in 0..<Lw {
-            let e = loadLane(src + rows.offset(batch: b, head: g, row: position(s, z, x, c2 + rev[r])) + d0)
-            block[r] = e
-            check += e - e
+        // Each source row is read front to back (sequential lines for the hardware prefetcher)
+        // into `block`: row l of the 16 goes to row rev(l) of each 16×16 block, as the
+        // transposition wants. The check is one add per vector (a sum that is NaN or ±∞ when an
+        // input is; a finite overflow only costs a re-check by the caller).
+        for l in 0..<Lw {
+          let row = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2 + l))
+          let dstRow = block + rev[l]
+          var d0 = 0
+          while d0 < full {
+            let e = loadLane(row + d0)
+            dstRow[d0] = e
+            check += e
+            d0 += Lw
           }
-          LaneTranspose.transpose(block)
-          for d in 0..<Lw { storeLane(block[rev[d]], dst + (d0 + d) * rowStride + c2) }
+        }
+        var d0 = 0
+        while d0 < full {
+          let m = block + d0
+          LaneTranspose.transpose(m)
+          for d in 0..<Lw { storeLane(m[rev[d]], dst + (d0 + d) * rowStride + c2) }
           d0 += Lw
         }
         if d0 < width {
@@ -439,6 +463,7 @@ struct NeighborhoodPlan: Sendable {
     let g = p.kvHead(h)
     let slots = scratch + slotOff
     let block = UnsafeMutableRawPointer(scratch + tOff).assumingMemoryBound(to: Lane.self)
+    let pf = UnsafeMutableRawPointer(scratch + pfOff).assumingMemoryBound(to: UnsafeRawPointer.self)
     let zStart = ax0.windowStart(c0, groupLength: s.n0), zCount = ax0.windowCount(c0)
     var check = Lane()
     var c1 = Int(it.c1Start)
@@ -466,15 +491,18 @@ struct NeighborhoodPlan: Sendable {
       let tiles = (s.n2 + laneWidth - 1) / laneWidth
       var t = 0
       for i0 in stride(from: 0, to: s.n2, by: laneWidth) {
-        // This band's next tile (or the next band's first): its queries and output rows.
+        // Queue the cache lines this band's next tile (or the next band's first) reads and
+        // writes, and a share of the next band's new key rows: the tiles issue one prefetch per
+        // loop iteration from this list, spread over the computation.
         let (pc1, pi0, pR) = i0 + laneWidth < s.n2 ? (c1, i0 + laneWidth, R) : (next, 0, nextR)
+        var n = 0
         for r in 0..<max(0, pR) {
           for l in 0..<min(laneWidth, s.n2 - pi0) {
             let pos = position(s, c0, pc1 + r, pi0 + l)
-            let qRow = q + p.queryRows.offset(batch: b, head: h, row: pos)
-            let oRow = out + p.outputRows.offset(batch: b, head: h, row: pos)
-            for d in stride(from: 0, to: p.headDim, by: 16) { prefetchRead(qRow + d) }
-            for c in stride(from: 0, to: p.valueDim, by: 16) { prefetchWrite(oRow + c) }
+            let qRow = UnsafeRawPointer(q + p.queryRows.offset(batch: b, head: h, row: pos))
+            let oRow = UnsafeRawPointer(out + p.outputRows.offset(batch: b, head: h, row: pos))
+            for d in stride(from: 0, to: p.headDim, by: 16) { pf[n] = qRow + 4 * d; n += 1 }
+            for c in stride(from: 0, to: p.valueDim, by: 16) { pf[n] = oRow + 4 * c; n += 1 }
           }
         }
         if !newRows.isEmpty {
@@ -482,27 +510,31 @@ struct NeighborhoodPlan: Sendable {
             for x in newRows where tags[slotIndex(z, x)] != ((b * p.keyValueHeads + g) * subgrids.count + si) * tagRows + z * s.n1 + x {
               for c2 in (s.n2 * t / tiles)..<(s.n2 * (t + 1) / tiles) {
                 let pos = position(s, z, x, c2)
-                let kRow = k + p.keyRows.offset(batch: b, head: g, row: pos)
-                let vRow = v + p.valueRows.offset(batch: b, head: g, row: pos)
-                for d in stride(from: 0, to: p.headDim, by: 16) { prefetchRead(kRow + d) }
-                for c in stride(from: 0, to: p.valueDim, by: 16) { prefetchRead(vRow + c) }
+                let kRow = UnsafeRawPointer(k + p.keyRows.offset(batch: b, head: g, row: pos))
+                let vRow = UnsafeRawPointer(v + p.valueRows.offset(batch: b, head: g, row: pos))
+                for d in stride(from: 0, to: p.headDim, by: 16) { pf[n] = kRow + 4 * d; n += 1 }
+                for c in stride(from: 0, to: p.valueDim, by: 16) { pf[n] = vRow + 4 * c; n += 1 }
               }
             }
           }
         }
+        // The padding after the list: lines of the scratch itself (already cached).
+        for i in 0..<pfPad { pf[n + i] = UnsafeRawPointer(scratch) }
         tile(s, b: b, h: h, c0: c0, c1s: c1, rows: R, i0: i0, q: q, slots: slots, out: out, lse: lse, scratch: scratch,
-             check: &check)
+             pf: pf, pfCount: n, check: &check)
         t += 1
       }
       c1 += R
     }
-    if any(check .!= check) { tags[slotsZ * slotsX] = 1 }
+    // `check` sums what was read: NaN or ±∞ (so check − check is NaN) when an input was.
+    let c = check - check
+    if any(c .!= c) { tags[slotsZ * slotsX] = 1 }
   }
 
   /// Computes one tile: `rows` grid rows from `c1s` × one lane vector of queries from `i0`.
   func tile(_ s: NeighborhoodSubgrid, b: Int, h: Int, c0: Int, c1s: Int, rows R: Int, i0: Int, q: UnsafePointer<Float>,
             slots: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
-            scratch: UnsafeMutablePointer<Float>, check: inout Lane) {
+            scratch: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfCount: Int, check: inout Lane) {
     let Lw = laneWidth
     let real = min(Lw, s.n2 - i0)
     let D = p.headDim, Dv = p.valueDim
@@ -526,15 +558,24 @@ struct NeighborhoodPlan: Sendable {
     for r in 0..<R {
       if real == Lw {
         // Whole lane vector: 16×16 (8×8) blocks transposed in registers.
-        var d0 = 0
-        while d0 + Lw <= D {
-          for x in 0..<Lw {
-            let e = loadLane(q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + rev[x])) + d0)
-            m16[x] = e
-            check += e - e
+        // Each query row read front to back into the transpose area (see `pack`).
+        let full = D / Lw * Lw
+        for x in 0..<Lw {
+          let row = q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + x))
+          let dstRow = m16 + rev[x]
+          var d0 = 0
+          while d0 < full {
+            let e = loadLane(row + d0)
+            dstRow[d0] = e
+            check += e
+            d0 += Lw
           }
-          LaneTranspose.transpose(m16)
-          for d in 0..<Lw { qt[r * D + d0 + d] = m16[rev[d]] * scaleV }
+        }
+        var d0 = 0
+        while d0 < full {
+          let m = m16 + d0
+          LaneTranspose.transpose(m)
+          for d in 0..<Lw { qt[r * D + d0 + d] = m[rev[d]] * scaleV }
           d0 += Lw
         }
         for l in 0..<Lw where d0 < D {
@@ -596,6 +637,9 @@ struct NeighborhoodPlan: Sendable {
     let softcapLog2 = p.softcap.map { $0 * NeighborhoodPlan.log2e }
     let b1 = 2 * ax1.kernel - 1, b2 = 2 * ax2.kernel - 1
     let biasHead = bias.map { _ in h * biasStride }
+    // Prefetch list position: each tile call takes one entry per loop iteration; past the end of
+    // the list it reads the padding (pfPad ≥ any loop count).
+    var pfAt = 0
 
     (bias ?? []).withUnsafeBufferPointer { biasBuf in
       for z in zStart..<(zStart + zCount) {
@@ -612,7 +656,8 @@ struct NeighborhoodPlan: Sendable {
               while o < oe {
                 let w = min(oe - o, maxWidth(rb - ra + 1))
                 NeighborhoodTiles.qk(rows: rb - ra + 1, width: w, q: qt + ra * D, qStride: D, k: kRow + o, ldk: rowStride,
-                                     depth: D, s: st + ra * sRow + (x - xc) * go + (o - oc), sStride: sRow)
+                                     depth: D, s: st + ra * sRow + (x - xc) * go + (o - oc), sStride: sRow, pf: pf + pfAt)
+                pfAt = min(pfAt + D, pfCount)
                 o += w
               }
             }
@@ -661,7 +706,8 @@ struct NeighborhoodPlan: Sendable {
               while o < oe {
                 let w = min(oe - o, maxWidth(rb - ra + 1))
                 NeighborhoodTiles.pv(rows: rb - ra + 1, width: w, p: st + ra * sRow + (x - xc) * go + (o - oc), pStride: sRow,
-                                     v: vRow + o, ldv: rowStride, count: Dv, o: ot + ra * Dv, oStride: Dv)
+                                     v: vRow + o, ldv: rowStride, count: Dv, o: ot + ra * Dv, oStride: Dv, pf: pf + pfAt)
+                pfAt = min(pfAt + Dv, pfCount)
                 o += w
               }
             }

@@ -6,12 +6,13 @@ extension NeighborhoodTiles {
   /// Scores of 1 query vector(s) against 1 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x1(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x1(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane()
     var kp = k
     for d in 0..<depth {
       let k0 = loadLane(kp + 0)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00
@@ -20,12 +21,13 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 1 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x1(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x1(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]
     var vp = v
     for c in 0..<count {
       let v0 = loadLane(vp + 0)
       o0[c] = fmadd(o0[c], p00, v0)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -33,12 +35,13 @@ extension NeighborhoodTiles {
   /// Scores of 1 query vector(s) against 2 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x2(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x2(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane()
     var kp = k
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01
@@ -47,12 +50,13 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 2 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x2(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x2(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]
     var vp = v
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1)
       o0[c] = fmadd(fmadd(o0[c], p00, v0), p01, v1)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -60,12 +64,13 @@ extension NeighborhoodTiles {
   /// Scores of 1 query vector(s) against 3 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x3(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x3(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane()
     var kp = k
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02
@@ -74,12 +79,13 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 3 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x3(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x3(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]
     var vp = v
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2)
       o0[c] = fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -87,12 +93,13 @@ extension NeighborhoodTiles {
   /// Scores of 1 query vector(s) against 4 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x4(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x4(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane()
     var kp = k
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03
@@ -101,12 +108,13 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 4 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x4(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x4(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]
     var vp = v
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3)
       o0[c] = fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -114,12 +122,13 @@ extension NeighborhoodTiles {
   /// Scores of 1 query vector(s) against 5 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x5(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x5(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane()
     var kp = k
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04
@@ -128,12 +137,13 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 5 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x5(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x5(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]
     var vp = v
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -141,12 +151,13 @@ extension NeighborhoodTiles {
   /// Scores of 1 query vector(s) against 6 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x6(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x6(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane()
     var kp = k
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05
@@ -155,12 +166,13 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 6 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x6(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x6(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]
     var vp = v
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -168,12 +180,13 @@ extension NeighborhoodTiles {
   /// Scores of 1 query vector(s) against 7 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x7(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x7(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane(); var a06 = Lane()
     var kp = k
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5); let k6 = loadLane(kp + 6)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06
@@ -182,12 +195,13 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 7 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x7(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x7(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]; let p06 = p0[6]
     var vp = v
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5); let v6 = loadLane(vp + 6)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -195,12 +209,13 @@ extension NeighborhoodTiles {
   /// Scores of 1 query vector(s) against 8 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x8(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x8(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane(); var a06 = Lane(); var a07 = Lane()
     var kp = k
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5); let k6 = loadLane(kp + 6); let k7 = loadLane(kp + 7)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6); a07 = fmadd(a07, q, k7) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06; s0[7] = a07
@@ -209,12 +224,13 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 8 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x8(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x8(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]; let p06 = p0[6]; let p07 = p0[7]
     var vp = v
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5); let v6 = loadLane(vp + 6); let v7 = loadLane(vp + 7)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6), p07, v7)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -222,7 +238,7 @@ extension NeighborhoodTiles {
   /// Scores of 2 query vector(s) against 1 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x1(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x1(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane()
     var a10 = Lane()
     var kp = k
@@ -230,6 +246,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00
@@ -239,7 +256,7 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 1 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x1(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x1(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]
     let p10 = p1[0]
     var vp = v
@@ -247,6 +264,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0)
       o0[c] = fmadd(o0[c], p00, v0)
       o1[c] = fmadd(o1[c], p10, v0)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -254,7 +272,7 @@ extension NeighborhoodTiles {
   /// Scores of 2 query vector(s) against 2 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x2(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x2(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane()
     var a10 = Lane(); var a11 = Lane()
     var kp = k
@@ -262,6 +280,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01
@@ -271,7 +290,7 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 2 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x2(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x2(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]
     let p10 = p1[0]; let p11 = p1[1]
     var vp = v
@@ -279,6 +298,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1)
       o0[c] = fmadd(fmadd(o0[c], p00, v0), p01, v1)
       o1[c] = fmadd(fmadd(o1[c], p10, v0), p11, v1)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -286,7 +306,7 @@ extension NeighborhoodTiles {
   /// Scores of 2 query vector(s) against 3 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x3(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x3(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane()
     var kp = k
@@ -294,6 +314,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02
@@ -303,7 +324,7 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 3 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x3(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x3(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]
     var vp = v
@@ -311,6 +332,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2)
       o0[c] = fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2)
       o1[c] = fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -318,7 +340,7 @@ extension NeighborhoodTiles {
   /// Scores of 2 query vector(s) against 4 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x4(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x4(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane()
     var kp = k
@@ -326,6 +348,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03
@@ -335,7 +358,7 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 4 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x4(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x4(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]
     var vp = v
@@ -343,6 +366,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3)
       o0[c] = fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3)
       o1[c] = fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -350,7 +374,7 @@ extension NeighborhoodTiles {
   /// Scores of 2 query vector(s) against 5 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x5(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x5(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane(); var a14 = Lane()
     var kp = k
@@ -358,6 +382,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04
@@ -367,7 +392,7 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 5 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x5(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x5(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]; let p14 = p1[4]
     var vp = v
@@ -375,6 +400,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -382,7 +408,7 @@ extension NeighborhoodTiles {
   /// Scores of 2 query vector(s) against 6 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x6(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x6(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane(); var a14 = Lane(); var a15 = Lane()
     var kp = k
@@ -390,6 +416,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05
@@ -399,7 +426,7 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 6 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x6(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x6(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]; let p14 = p1[4]; let p15 = p1[5]
     var vp = v
@@ -407,6 +434,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -414,7 +442,7 @@ extension NeighborhoodTiles {
   /// Scores of 2 query vector(s) against 7 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x7(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x7(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane(); var a06 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane(); var a14 = Lane(); var a15 = Lane(); var a16 = Lane()
     var kp = k
@@ -422,6 +450,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5); let k6 = loadLane(kp + 6)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5); a16 = fmadd(a16, q, k6) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06
@@ -431,7 +460,7 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 7 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x7(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x7(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]; let p06 = p0[6]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]; let p14 = p1[4]; let p15 = p1[5]; let p16 = p1[6]
     var vp = v
@@ -439,6 +468,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5); let v6 = loadLane(vp + 6)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5), p16, v6)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -446,7 +476,7 @@ extension NeighborhoodTiles {
   /// Scores of 2 query vector(s) against 8 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x8(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x8(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane(); var a06 = Lane(); var a07 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane(); var a14 = Lane(); var a15 = Lane(); var a16 = Lane(); var a17 = Lane()
     var kp = k
@@ -454,6 +484,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5); let k6 = loadLane(kp + 6); let k7 = loadLane(kp + 7)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6); a07 = fmadd(a07, q, k7) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5); a16 = fmadd(a16, q, k6); a17 = fmadd(a17, q, k7) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06; s0[7] = a07
@@ -463,7 +494,7 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 8 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x8(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x8(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]; let p06 = p0[6]; let p07 = p0[7]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]; let p14 = p1[4]; let p15 = p1[5]; let p16 = p1[6]; let p17 = p1[7]
     var vp = v
@@ -471,6 +502,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5); let v6 = loadLane(vp + 6); let v7 = loadLane(vp + 7)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6), p07, v7)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5), p16, v6), p17, v7)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -478,7 +510,7 @@ extension NeighborhoodTiles {
   /// Scores of 3 query vector(s) against 1 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk3x1(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>) {
+  static func qk3x1(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane()
     var a10 = Lane()
     var a20 = Lane()
@@ -488,6 +520,7 @@ extension NeighborhoodTiles {
       do { let q = q0[d]; a00 = fmadd(a00, q, k0) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00
@@ -498,7 +531,7 @@ extension NeighborhoodTiles {
   /// Value update of 3 query vector(s) from 1 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv3x1(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>) {
+  static func pv3x1(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]
     let p10 = p1[0]
     let p20 = p2[0]
@@ -508,6 +541,7 @@ extension NeighborhoodTiles {
       o0[c] = fmadd(o0[c], p00, v0)
       o1[c] = fmadd(o1[c], p10, v0)
       o2[c] = fmadd(o2[c], p20, v0)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -515,7 +549,7 @@ extension NeighborhoodTiles {
   /// Scores of 3 query vector(s) against 2 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk3x2(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>) {
+  static func qk3x2(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane()
     var a10 = Lane(); var a11 = Lane()
     var a20 = Lane(); var a21 = Lane()
@@ -525,6 +559,7 @@ extension NeighborhoodTiles {
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01
@@ -535,7 +570,7 @@ extension NeighborhoodTiles {
   /// Value update of 3 query vector(s) from 2 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv3x2(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>) {
+  static func pv3x2(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]
     let p10 = p1[0]; let p11 = p1[1]
     let p20 = p2[0]; let p21 = p2[1]
@@ -545,6 +580,7 @@ extension NeighborhoodTiles {
       o0[c] = fmadd(fmadd(o0[c], p00, v0), p01, v1)
       o1[c] = fmadd(fmadd(o1[c], p10, v0), p11, v1)
       o2[c] = fmadd(fmadd(o2[c], p20, v0), p21, v1)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -552,7 +588,7 @@ extension NeighborhoodTiles {
   /// Scores of 3 query vector(s) against 3 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk3x3(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>) {
+  static func qk3x3(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane()
     var a20 = Lane(); var a21 = Lane(); var a22 = Lane()
@@ -562,6 +598,7 @@ extension NeighborhoodTiles {
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02
@@ -572,7 +609,7 @@ extension NeighborhoodTiles {
   /// Value update of 3 query vector(s) from 3 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv3x3(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>) {
+  static func pv3x3(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]
     let p20 = p2[0]; let p21 = p2[1]; let p22 = p2[2]
@@ -582,6 +619,7 @@ extension NeighborhoodTiles {
       o0[c] = fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2)
       o1[c] = fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2)
       o2[c] = fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -589,7 +627,7 @@ extension NeighborhoodTiles {
   /// Scores of 3 query vector(s) against 4 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk3x4(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>) {
+  static func qk3x4(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane()
     var a20 = Lane(); var a21 = Lane(); var a22 = Lane(); var a23 = Lane()
@@ -599,6 +637,7 @@ extension NeighborhoodTiles {
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2); a23 = fmadd(a23, q, k3) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03
@@ -609,7 +648,7 @@ extension NeighborhoodTiles {
   /// Value update of 3 query vector(s) from 4 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv3x4(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>) {
+  static func pv3x4(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]
     let p20 = p2[0]; let p21 = p2[1]; let p22 = p2[2]; let p23 = p2[3]
@@ -619,6 +658,7 @@ extension NeighborhoodTiles {
       o0[c] = fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3)
       o1[c] = fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3)
       o2[c] = fmadd(fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2), p23, v3)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -626,7 +666,7 @@ extension NeighborhoodTiles {
   /// Scores of 3 query vector(s) against 5 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk3x5(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>) {
+  static func qk3x5(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane(); var a14 = Lane()
     var a20 = Lane(); var a21 = Lane(); var a22 = Lane(); var a23 = Lane(); var a24 = Lane()
@@ -636,6 +676,7 @@ extension NeighborhoodTiles {
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2); a23 = fmadd(a23, q, k3); a24 = fmadd(a24, q, k4) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04
@@ -646,7 +687,7 @@ extension NeighborhoodTiles {
   /// Value update of 3 query vector(s) from 5 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv3x5(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>) {
+  static func pv3x5(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]; let p14 = p1[4]
     let p20 = p2[0]; let p21 = p2[1]; let p22 = p2[2]; let p23 = p2[3]; let p24 = p2[4]
@@ -656,6 +697,7 @@ extension NeighborhoodTiles {
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4)
       o2[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2), p23, v3), p24, v4)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -663,7 +705,7 @@ extension NeighborhoodTiles {
   /// Scores of 3 query vector(s) against 6 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk3x6(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>) {
+  static func qk3x6(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane(); var a14 = Lane(); var a15 = Lane()
     var a20 = Lane(); var a21 = Lane(); var a22 = Lane(); var a23 = Lane(); var a24 = Lane(); var a25 = Lane()
@@ -673,6 +715,7 @@ extension NeighborhoodTiles {
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2); a23 = fmadd(a23, q, k3); a24 = fmadd(a24, q, k4); a25 = fmadd(a25, q, k5) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05
@@ -683,7 +726,7 @@ extension NeighborhoodTiles {
   /// Value update of 3 query vector(s) from 6 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv3x6(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>) {
+  static func pv3x6(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]; let p14 = p1[4]; let p15 = p1[5]
     let p20 = p2[0]; let p21 = p2[1]; let p22 = p2[2]; let p23 = p2[3]; let p24 = p2[4]; let p25 = p2[5]
@@ -693,6 +736,7 @@ extension NeighborhoodTiles {
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5)
       o2[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2), p23, v3), p24, v4), p25, v5)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -700,7 +744,7 @@ extension NeighborhoodTiles {
   /// Scores of 3 query vector(s) against 7 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk3x7(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>) {
+  static func qk3x7(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane(); var a06 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane(); var a14 = Lane(); var a15 = Lane(); var a16 = Lane()
     var a20 = Lane(); var a21 = Lane(); var a22 = Lane(); var a23 = Lane(); var a24 = Lane(); var a25 = Lane(); var a26 = Lane()
@@ -710,6 +754,7 @@ extension NeighborhoodTiles {
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5); a16 = fmadd(a16, q, k6) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2); a23 = fmadd(a23, q, k3); a24 = fmadd(a24, q, k4); a25 = fmadd(a25, q, k5); a26 = fmadd(a26, q, k6) }
+      prefetchRead(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06
@@ -720,7 +765,7 @@ extension NeighborhoodTiles {
   /// Value update of 3 query vector(s) from 7 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv3x7(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>) {
+  static func pv3x7(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]; let p06 = p0[6]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]; let p14 = p1[4]; let p15 = p1[5]; let p16 = p1[6]
     let p20 = p2[0]; let p21 = p2[1]; let p22 = p2[2]; let p23 = p2[3]; let p24 = p2[4]; let p25 = p2[5]; let p26 = p2[6]
@@ -730,6 +775,7 @@ extension NeighborhoodTiles {
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5), p16, v6)
       o2[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2), p23, v3), p24, v4), p25, v5), p26, v6)
+      prefetchRead(pf[c])
       vp += ldv
     }
   }
@@ -737,31 +783,31 @@ extension NeighborhoodTiles {
   /// `qk{rows}x{width}` with the query vectors at `q + r·qStride` and the scores at `s + r·sStride`.
   @inline(__always)
   static func qk(rows: Int, width: Int, q: UnsafePointer<Lane>, qStride: Int, k: UnsafePointer<Float>, ldk: Int,
-                 depth: Int, s: UnsafeMutablePointer<Lane>, sStride: Int) {
+                 depth: Int, s: UnsafeMutablePointer<Lane>, sStride: Int, pf: UnsafePointer<UnsafeRawPointer>) {
     switch (rows, width) {
-    case (1, 1): qk1x1(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (1, 2): qk1x2(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (1, 3): qk1x3(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (1, 4): qk1x4(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (1, 5): qk1x5(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (1, 6): qk1x6(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (1, 7): qk1x7(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (1, 8): qk1x8(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (2, 1): qk2x1(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (2, 2): qk2x2(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (2, 3): qk2x3(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (2, 4): qk2x4(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (2, 5): qk2x5(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (2, 6): qk2x6(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (2, 7): qk2x7(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (2, 8): qk2x8(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (3, 1): qk3x1(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride)
-    case (3, 2): qk3x2(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride)
-    case (3, 3): qk3x3(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride)
-    case (3, 4): qk3x4(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride)
-    case (3, 5): qk3x5(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride)
-    case (3, 6): qk3x6(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride)
-    case (3, 7): qk3x7(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride)
+    case (1, 1): qk1x1(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf)
+    case (1, 2): qk1x2(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf)
+    case (1, 3): qk1x3(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf)
+    case (1, 4): qk1x4(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf)
+    case (1, 5): qk1x5(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf)
+    case (1, 6): qk1x6(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf)
+    case (1, 7): qk1x7(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf)
+    case (1, 8): qk1x8(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf)
+    case (2, 1): qk2x1(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf)
+    case (2, 2): qk2x2(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf)
+    case (2, 3): qk2x3(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf)
+    case (2, 4): qk2x4(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf)
+    case (2, 5): qk2x5(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf)
+    case (2, 6): qk2x6(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf)
+    case (2, 7): qk2x7(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf)
+    case (2, 8): qk2x8(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf)
+    case (3, 1): qk3x1(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride, pf: pf)
+    case (3, 2): qk3x2(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride, pf: pf)
+    case (3, 3): qk3x3(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride, pf: pf)
+    case (3, 4): qk3x4(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride, pf: pf)
+    case (3, 5): qk3x5(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride, pf: pf)
+    case (3, 6): qk3x6(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride, pf: pf)
+    case (3, 7): qk3x7(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride, pf: pf)
     default: preconditionFailure("no neighborhood tile \(rows)x\(width)")
     }
   }
@@ -769,31 +815,31 @@ extension NeighborhoodTiles {
   /// `pv{rows}x{width}` with the probabilities at `p + r·pStride` and the outputs at `o + r·oStride`.
   @inline(__always)
   static func pv(rows: Int, width: Int, p: UnsafePointer<Lane>, pStride: Int, v: UnsafePointer<Float>, ldv: Int,
-                 count: Int, o: UnsafeMutablePointer<Lane>, oStride: Int) {
+                 count: Int, o: UnsafeMutablePointer<Lane>, oStride: Int, pf: UnsafePointer<UnsafeRawPointer>) {
     switch (rows, width) {
-    case (1, 1): pv1x1(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (1, 2): pv1x2(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (1, 3): pv1x3(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (1, 4): pv1x4(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (1, 5): pv1x5(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (1, 6): pv1x6(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (1, 7): pv1x7(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (1, 8): pv1x8(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (2, 1): pv2x1(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (2, 2): pv2x2(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (2, 3): pv2x3(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (2, 4): pv2x4(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (2, 5): pv2x5(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (2, 6): pv2x6(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (2, 7): pv2x7(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (2, 8): pv2x8(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (3, 1): pv3x1(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride)
-    case (3, 2): pv3x2(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride)
-    case (3, 3): pv3x3(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride)
-    case (3, 4): pv3x4(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride)
-    case (3, 5): pv3x5(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride)
-    case (3, 6): pv3x6(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride)
-    case (3, 7): pv3x7(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride)
+    case (1, 1): pv1x1(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf)
+    case (1, 2): pv1x2(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf)
+    case (1, 3): pv1x3(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf)
+    case (1, 4): pv1x4(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf)
+    case (1, 5): pv1x5(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf)
+    case (1, 6): pv1x6(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf)
+    case (1, 7): pv1x7(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf)
+    case (1, 8): pv1x8(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf)
+    case (2, 1): pv2x1(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf)
+    case (2, 2): pv2x2(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf)
+    case (2, 3): pv2x3(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf)
+    case (2, 4): pv2x4(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf)
+    case (2, 5): pv2x5(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf)
+    case (2, 6): pv2x6(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf)
+    case (2, 7): pv2x7(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf)
+    case (2, 8): pv2x8(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf)
+    case (3, 1): pv3x1(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf)
+    case (3, 2): pv3x2(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf)
+    case (3, 3): pv3x3(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf)
+    case (3, 4): pv3x4(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf)
+    case (3, 5): pv3x5(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf)
+    case (3, 6): pv3x6(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf)
+    case (3, 7): pv3x7(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf)
     default: preconditionFailure("no neighborhood tile \(rows)x\(width)")
     }
   }
