@@ -8,7 +8,7 @@ transposed, padded key row gives every lane its own key. The tiles below keep R 
 FMAs and each query load feeds W. Swift cannot keep an array of SIMD values in registers, so every
 (R, W) shape is written out: R in 1...3, W in 1...8 with R·W ≤ 21 (so R·W accumulators plus R
 query and W key vectors fit AVX-512's 32 registers; the AVX2/NEON driver only uses R ≤ 2, W ≤ 4).
-Every iteration of a tile's loop also prefetches one cache line from the list `pf` (one entry per
+Every iteration of a tile's loop also prefetches one cache line into L2 from the list `pf` (one entry per
 iteration): the caller queues the lines the next tile and the next band will read, so memory
 requests are spread over the computation instead of issued in a burst. Run it after changing a tile;
 the output is committed.
@@ -39,7 +39,7 @@ def qk(R, W):
     L.append("      " + "; ".join(f"let k{w} = loadLane(kp + {w})" for w in range(W)))
     for r in range(R):
         L.append(f"      do {{ let q = q{r}[d]; " + "; ".join(f"a{r}{w} = fmadd(a{r}{w}, q, k{w})" for w in range(W)) + " }")
-    L.append("      prefetchRead(pf[d])")
+    L.append("      prefetchL2(pf[d])")
     L.append("      kp += ldk")
     L.append("    }")
     for r in range(R):
@@ -67,7 +67,7 @@ def pv(R, W):
         for w in range(W):
             expr = f"fmadd({expr}, p{r}{w}, v{w})"
         L.append(f"      o{r}[c] = {expr}")
-    L.append("      prefetchRead(pf[c])")
+    L.append("      prefetchL2(pf[c])")
     L.append("      vp += ldv")
     L.append("    }")
     L.append("  }")

@@ -640,6 +640,9 @@ struct NeighborhoodPlan: Sendable {
     // Prefetch list position: each tile call takes one entry per loop iteration; past the end of
     // the list it reads the padding (pfPad ≥ any loop count).
     var pfAt = 0
+    let plain = softcapLog2 == nil && biasHead == nil
+    // Bit r set once row r has had a chunk (before that its Oᵀ is zero: nothing to rescale).
+    var started = 0
 
     (bias ?? []).withUnsafeBufferPointer { biasBuf in
       for z in zStart..<(zStart + zCount) {
@@ -666,6 +669,13 @@ struct NeighborhoodPlan: Sendable {
               let xr0 = max(xc, xStart(r)), xr1 = min(xe, xEnd(r))
               if xr0 >= xr1 { continue }
               var mx = mRun[r]
+              if plain && allLo <= oc && oe <= allHi {
+                // No softcap, no bias, every lane sees every offset of the chunk: only the max.
+                for x in xr0..<xr1 {
+                  let row = st + r * sRow + (x - xc) * go - oc
+                  for o in oc..<oe { mx = vmax(mx, row[o]) }
+                }
+              } else {
               for x in xr0..<xr1 {
                 let row = st + r * sRow + (x - xc) * go - oc
                 let bRow = biasHead.map { $0 + ((z - c0 + ax0.kernel - 1) * b1 + (x - (c1s + r) + ax1.kernel - 1)) * b2 + ax2.kernel - 1 }
@@ -681,6 +691,7 @@ struct NeighborhoodPlan: Sendable {
                   mx = vmax(mx, sc)
                 }
               }
+              }
               let safe = mx.replacing(with: 0, where: mx .== -Float.infinity)
               let alpha = exp2Lane(mRun[r] - safe)
               mRun[r] = mx
@@ -694,8 +705,11 @@ struct NeighborhoodPlan: Sendable {
                 }
               }
               lRun[r] = fmadd(sum, lRun[r], alpha)
-              let o = ot + r * Dv
-              for c in 0..<Dv { o[c] *= alpha }
+              if started & (1 << r) != 0 {
+                let o = ot + r * Dv
+                for c in 0..<Dv { o[c] *= alpha }
+              }
+              started |= 1 << r
             }
             // 3. Values.
             for x in xc..<xe {

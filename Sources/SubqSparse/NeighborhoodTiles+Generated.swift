@@ -12,7 +12,7 @@ extension NeighborhoodTiles {
     for d in 0..<depth {
       let k0 = loadLane(kp + 0)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00
@@ -27,7 +27,7 @@ extension NeighborhoodTiles {
     for c in 0..<count {
       let v0 = loadLane(vp + 0)
       o0[c] = fmadd(o0[c], p00, v0)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -41,7 +41,7 @@ extension NeighborhoodTiles {
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01
@@ -56,7 +56,7 @@ extension NeighborhoodTiles {
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1)
       o0[c] = fmadd(fmadd(o0[c], p00, v0), p01, v1)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -70,7 +70,7 @@ extension NeighborhoodTiles {
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02
@@ -85,7 +85,7 @@ extension NeighborhoodTiles {
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2)
       o0[c] = fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -99,7 +99,7 @@ extension NeighborhoodTiles {
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03
@@ -114,7 +114,7 @@ extension NeighborhoodTiles {
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3)
       o0[c] = fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -128,7 +128,7 @@ extension NeighborhoodTiles {
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04
@@ -143,7 +143,7 @@ extension NeighborhoodTiles {
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -157,7 +157,7 @@ extension NeighborhoodTiles {
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05
@@ -172,7 +172,7 @@ extension NeighborhoodTiles {
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -186,7 +186,7 @@ extension NeighborhoodTiles {
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5); let k6 = loadLane(kp + 6)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06
@@ -201,7 +201,7 @@ extension NeighborhoodTiles {
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5); let v6 = loadLane(vp + 6)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -215,7 +215,7 @@ extension NeighborhoodTiles {
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5); let k6 = loadLane(kp + 6); let k7 = loadLane(kp + 7)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6); a07 = fmadd(a07, q, k7) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06; s0[7] = a07
@@ -230,7 +230,7 @@ extension NeighborhoodTiles {
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5); let v6 = loadLane(vp + 6); let v7 = loadLane(vp + 7)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6), p07, v7)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -246,7 +246,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00
@@ -264,7 +264,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0)
       o0[c] = fmadd(o0[c], p00, v0)
       o1[c] = fmadd(o1[c], p10, v0)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -280,7 +280,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01
@@ -298,7 +298,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1)
       o0[c] = fmadd(fmadd(o0[c], p00, v0), p01, v1)
       o1[c] = fmadd(fmadd(o1[c], p10, v0), p11, v1)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -314,7 +314,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02
@@ -332,7 +332,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2)
       o0[c] = fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2)
       o1[c] = fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -348,7 +348,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03
@@ -366,7 +366,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3)
       o0[c] = fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3)
       o1[c] = fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -382,7 +382,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04
@@ -400,7 +400,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -416,7 +416,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05
@@ -434,7 +434,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -450,7 +450,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5); let k6 = loadLane(kp + 6)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5); a16 = fmadd(a16, q, k6) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06
@@ -468,7 +468,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5); let v6 = loadLane(vp + 6)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5), p16, v6)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -484,7 +484,7 @@ extension NeighborhoodTiles {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5); let k6 = loadLane(kp + 6); let k7 = loadLane(kp + 7)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6); a07 = fmadd(a07, q, k7) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5); a16 = fmadd(a16, q, k6); a17 = fmadd(a17, q, k7) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06; s0[7] = a07
@@ -502,7 +502,7 @@ extension NeighborhoodTiles {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5); let v6 = loadLane(vp + 6); let v7 = loadLane(vp + 7)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6), p07, v7)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5), p16, v6), p17, v7)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -520,7 +520,7 @@ extension NeighborhoodTiles {
       do { let q = q0[d]; a00 = fmadd(a00, q, k0) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00
@@ -541,7 +541,7 @@ extension NeighborhoodTiles {
       o0[c] = fmadd(o0[c], p00, v0)
       o1[c] = fmadd(o1[c], p10, v0)
       o2[c] = fmadd(o2[c], p20, v0)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -559,7 +559,7 @@ extension NeighborhoodTiles {
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01
@@ -580,7 +580,7 @@ extension NeighborhoodTiles {
       o0[c] = fmadd(fmadd(o0[c], p00, v0), p01, v1)
       o1[c] = fmadd(fmadd(o1[c], p10, v0), p11, v1)
       o2[c] = fmadd(fmadd(o2[c], p20, v0), p21, v1)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -598,7 +598,7 @@ extension NeighborhoodTiles {
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02
@@ -619,7 +619,7 @@ extension NeighborhoodTiles {
       o0[c] = fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2)
       o1[c] = fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2)
       o2[c] = fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -637,7 +637,7 @@ extension NeighborhoodTiles {
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2); a23 = fmadd(a23, q, k3) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03
@@ -658,7 +658,7 @@ extension NeighborhoodTiles {
       o0[c] = fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3)
       o1[c] = fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3)
       o2[c] = fmadd(fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2), p23, v3)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -676,7 +676,7 @@ extension NeighborhoodTiles {
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2); a23 = fmadd(a23, q, k3); a24 = fmadd(a24, q, k4) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04
@@ -697,7 +697,7 @@ extension NeighborhoodTiles {
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4)
       o2[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2), p23, v3), p24, v4)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -715,7 +715,7 @@ extension NeighborhoodTiles {
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2); a23 = fmadd(a23, q, k3); a24 = fmadd(a24, q, k4); a25 = fmadd(a25, q, k5) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05
@@ -736,7 +736,7 @@ extension NeighborhoodTiles {
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5)
       o2[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2), p23, v3), p24, v4), p25, v5)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
@@ -754,7 +754,7 @@ extension NeighborhoodTiles {
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5); a16 = fmadd(a16, q, k6) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2); a23 = fmadd(a23, q, k3); a24 = fmadd(a24, q, k4); a25 = fmadd(a25, q, k5); a26 = fmadd(a26, q, k6) }
-      prefetchRead(pf[d])
+      prefetchL2(pf[d])
       kp += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06
@@ -775,7 +775,7 @@ extension NeighborhoodTiles {
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5), p16, v6)
       o2[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2), p23, v3), p24, v4), p25, v5), p26, v6)
-      prefetchRead(pf[c])
+      prefetchL2(pf[c])
       vp += ldv
     }
   }
