@@ -296,7 +296,9 @@ struct NeighborhoodPlan: Sendable {
     rowsPerTile = 2
     #endif
     let R = rowsPerTile
-    padL = ax2.kernel - 1
+    // At least k−1 zero columns on the left, rounded up to whole vectors so that packed rows are
+    // stored with aligned (single cache line) vector stores.
+    padL = (ax2.kernel - 1 + Lw - 1) / Lw * Lw
     maxN2 = ax2.groupLength(0)
     rowStride = (padL + maxN2 + Lw + ax2.kernel + 15) / 16 * 16
     var sgs: [NeighborhoodSubgrid] = []
