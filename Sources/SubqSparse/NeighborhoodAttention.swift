@@ -647,7 +647,10 @@ struct NeighborhoodPlan: Sendable {
     var started = 0
 
     (bias ?? []).withUnsafeBufferPointer { biasBuf in
+      // Slots of key rows xLo ..< xHi (at most slotsX rows) without a division per row.
+      let xLoMod = xLo % slotsX
       for z in zStart..<(zStart + zCount) {
+        let zSlot = (z % slotsZ) * slotsX
         for xc in stride(from: xLo, to: xHi, by: gx) {
           let xe = min(xc + gx, xHi)
           for oc in stride(from: oLo, to: oHi, by: go) {
@@ -656,12 +659,15 @@ struct NeighborhoodPlan: Sendable {
             for x in xc..<xe {
               let (ra, rb) = rowsSeeing(x)
               if rb < ra { continue }
-              let kRow = slots + slotIndex(z, x) * slotFloats + padL + i0
+              let xm = xLoMod + (x - xLo), xn = x + 1 < xe ? xm + 1 : xm
+              let kRow = slots + (zSlot + (xm >= slotsX ? xm - slotsX : xm)) * slotFloats + padL + i0
+              let kNext = slots + (zSlot + (xn >= slotsX ? xn - slotsX : xn)) * slotFloats + padL + i0
               var o = oc
               while o < oe {
                 let w = min(oe - o, maxWidth(rb - ra + 1))
                 NeighborhoodTiles.qk(rows: rb - ra + 1, width: w, q: qt + ra * D, qStride: D, k: kRow + o, ldk: rowStride,
-                                     depth: D, s: st + ra * sRow + (x - xc) * go + (o - oc), sStride: sRow, pf: pf + pfAt)
+                                     depth: D, s: st + ra * sRow + (x - xc) * go + (o - oc), sStride: sRow, pf: pf + pfAt,
+                                     next: kNext + o)
                 pfAt = min(pfAt + D, pfCount)
                 o += w
               }
@@ -717,12 +723,15 @@ struct NeighborhoodPlan: Sendable {
             for x in xc..<xe {
               let (ra, rb) = rowsSeeing(x)
               if rb < ra { continue }
-              let vRow = slots + slotIndex(z, x) * slotFloats + kRowFloats + padL + i0
+              let xm = xLoMod + (x - xLo), xn = x + 1 < xe ? xm + 1 : xm
+              let vRow = slots + (zSlot + (xm >= slotsX ? xm - slotsX : xm)) * slotFloats + kRowFloats + padL + i0
+              let vNext = slots + (zSlot + (xn >= slotsX ? xn - slotsX : xn)) * slotFloats + kRowFloats + padL + i0
               var o = oc
               while o < oe {
                 let w = min(oe - o, maxWidth(rb - ra + 1))
                 NeighborhoodTiles.pv(rows: rb - ra + 1, width: w, p: st + ra * sRow + (x - xc) * go + (o - oc), pStride: sRow,
-                                     v: vRow + o, ldv: rowStride, count: Dv, o: ot + ra * Dv, oStride: Dv, pf: pf + pfAt)
+                                     v: vRow + o, ldv: rowStride, count: Dv, o: ot + ra * Dv, oStride: Dv, pf: pf + pfAt,
+                                     next: vNext + o)
                 pfAt = min(pfAt + Dv, pfCount)
                 o += w
               }
