@@ -16,25 +16,35 @@ import SubqKernels
 ///
 ///     s = τ · q_i · k_j  (+ softcap)  + B[h, Δ]      O_i = Σ_{j ∈ window(i)} softmax(s)_j · v_j
 ///
-/// Kernel: the queries of one grid row go on the SIMD lanes; K and V are packed once per key/value
-/// head as transposed, zero-padded rows (`[row][d][column]`), so that for a relative key offset o
-/// one unaligned vector load gives every lane its own key (column + o). Each (query, key) pair is
-/// computed once: there is no halo and no dense mask. Up to three neighboring grid rows share each
-/// key load (register tiles from `scripts/gen-neighborhood-tiles.py`). Border lanes, whose windows
-/// are shifted, are handled by widening the offset range of their vector and masking per lane.
-/// Softmax is online over chunks of at most ~512 keys per query (one chunk for 2-D 7×7); scores are
-/// kept in log2 units as in ``FlashAttention``. Work items are runs of bands of grid rows; each
-/// worker keeps the packed K/V rows of its current band in a small cache, prefetches the next
-/// band's rows and the next tile's queries while it computes, and checks Q, K and V for NaN/±∞ as
-/// it packs them (raising the same error as the up-front check, without a separate pass).
+/// Kernel: the queries of one grid row go on the SIMD lanes; K and V rows are packed as transposed,
+/// zero-padded rows (`[d][column]`, the left padding rounded up to whole vectors so packing stores
+/// are aligned), so that for a relative key offset o one unaligned vector load gives every lane its
+/// own key (column + o). Each (query, key) pair is computed once: there is no halo and no dense
+/// mask. Up to three neighboring grid rows share each key load (register tiles from
+/// `scripts/gen-neighborhood-tiles.py`). Border lanes, whose windows are shifted, are handled by
+/// widening the offset range of their vector and masking per lane; interior chunks without softcap
+/// or bias skip the masking pass. Softmax is online over chunks of at most ~512 keys per query (one
+/// chunk for 2-D 7×7); scores are kept in log2 units as in ``FlashAttention``. Work items are runs
+/// of bands of grid rows; each worker keeps the packed K/V rows of its current band in a small cache
+/// (in L2), and packs each key row about once per item. Memory traffic is hidden by prefetching
+/// spread over the computation: every iteration of the register tiles' loops issues one L2
+/// prefetch from a per-tile list (the next tile's queries and output rows, and a share of the next
+/// band's new key rows) and L1 prefetches of the next packed row it will read. Q, K and V are
+/// checked for NaN/±∞ as they are packed (raising the same error as the up-front check, without a
+/// separate pass).
+///
+/// Cost per attended pair: D + Dv FMA lanes (no wasted pairs except the widened offset range of
+/// border vectors); per token, one 16×16-block transposition of its query, key, value and output
+/// rows (AVX-512; 8×8 on AVX2/NEON) and one 2^x.
 ///
 /// Differences from NATTEN: no stride (GNA) parameter; kernel size 1 is allowed (it attends to the
 /// own index on that axis); the layout is Subquadratic's `[B, H, N, D]` (or bshd) with the grid
 /// flattened, not NATTEN's heads-last `[B, X, Y, H, D]`; RPB (dropped in NATTEN ≥ 0.20) is
 /// supported, also with causal axes, where only the entries Δ ≤ 0 are used.
 ///
-/// - Complexity: O(B·Hq·N·∏k·(D + Dv)) time; O(N·(D + Dv)) extra memory for the packed K/V of one
-///   key/value head, plus O(threads·(D + Dv + 512)) scratch.
+/// - Complexity: O(B·Hq·N·∏k·(D + Dv)) time; O(threads·k₀·(k₁ + 2)·(D + Dv)·n₂) extra memory (each
+///   worker's cache of packed key rows, n₂ the padded length of the last grid axis), plus small
+///   per-worker scratch.
 public struct NeighborhoodAttention: PatternAttentionMethod {
   public static let info = MethodInfo(
     name: "neighborhood",
