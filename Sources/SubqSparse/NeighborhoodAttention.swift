@@ -345,7 +345,9 @@ struct NeighborhoodPlan: Sendable {
     }
     self.items = items
     slotsZ = ax0.kernel
-    slotsX = ax1.kernel + R - 1
+    // A band's windows span at most k₁ + R − 1 rows, and never more than the axis holds (1-D grids
+    // need one packed row, not R).
+    slotsX = min(ax1.kernel + R - 1, ax1.groupLength(0))
     slotFloats = (p.headDim + p.valueDim) * rowStride
     chunkO = min(2 * ax2.kernel - 1, 256)
     chunkX = min(ax1.kernel + R - 1, max(1, 512 / chunkO))
