@@ -515,8 +515,8 @@ struct NeighborhoodPlan: Sendable {
             let pos = position(s, c0, pc1 + r, pi0 + l)
             let qRow = UnsafeRawPointer(q + p.queryRows.offset(batch: b, head: h, row: pos))
             let oRow = UnsafeRawPointer(out + p.outputRows.offset(batch: b, head: h, row: pos))
-            for d in stride(from: 0, to: p.headDim, by: 16) { pf[n] = qRow + 4 * d; n += 1 }
-            for c in stride(from: 0, to: p.valueDim, by: 16) { pf[n] = oRow + 4 * c; n += 1 }
+            for d in stride(from: 0, to: p.headDim, by: 16) where n < pfCapacity { pf[n] = qRow + 4 * d; n += 1 }
+            for c in stride(from: 0, to: p.valueDim, by: 16) where n < pfCapacity { pf[n] = oRow + 4 * c; n += 1 }
           }
         }
         if !newRows.isEmpty {
@@ -526,13 +526,14 @@ struct NeighborhoodPlan: Sendable {
                 let pos = position(s, z, x, c2)
                 let kRow = UnsafeRawPointer(k + p.keyRows.offset(batch: b, head: g, row: pos))
                 let vRow = UnsafeRawPointer(v + p.valueRows.offset(batch: b, head: g, row: pos))
-                for d in stride(from: 0, to: p.headDim, by: 16) { pf[n] = kRow + 4 * d; n += 1 }
-                for c in stride(from: 0, to: p.valueDim, by: 16) { pf[n] = vRow + 4 * c; n += 1 }
+                for d in stride(from: 0, to: p.headDim, by: 16) where n < pfCapacity { pf[n] = kRow + 4 * d; n += 1 }
+                for c in stride(from: 0, to: p.valueDim, by: 16) where n < pfCapacity { pf[n] = vRow + 4 * c; n += 1 }
               }
             }
           }
         }
-        // The padding after the list: lines of the scratch itself (already cached).
+        // (The capacity covers every line above; the guards only keep a miscount from writing past
+        // the list.) The padding after the list: lines of the scratch itself (already cached).
         for i in 0..<pfPad { pf[n + i] = UnsafeRawPointer(scratch) }
         tile(s, b: b, h: h, c0: c0, c1s: c1, rows: R, i0: i0, q: q, slots: slots, out: out, lse: lse, scratch: scratch,
              pf: pf, pfCount: n, check: &check)
