@@ -7,8 +7,13 @@ transposed, padded key row gives every lane its own key. The tiles below keep R 
 (R grid rows that share a key row) by W consecutive offsets in registers, so each key load feeds R
 FMAs and each query load feeds W. Swift cannot keep an array of SIMD values in registers, so every
 (R, W) shape is written out: R in 1...3, W in 1...8 with R·W ≤ 21 (so R·W accumulators plus R
-query and W key vectors fit AVX-512's 32 registers; the AVX2/NEON driver only uses R ≤ 2, W ≤ 4). Run it after changing a tile; the output
-is committed.
+query and W key vectors fit AVX-512's 32 registers; the AVX2/NEON driver only uses R ≤ 2, W ≤ 4).
+Every iteration of a tile's loop also prefetches one cache line into L2 from the list `pf` (one entry per
+iteration): the caller queues the lines the next tile and the next band will read, so memory
+requests are spread over the computation instead of issued in a burst. It also prefetches into L1
+the same vectors of the next packed row (`next`, the call's next key row), which the packed-row cache
+holds in L2. Run it after changing a tile;
+the output is committed.
 """
 import pathlib
 
@@ -28,15 +33,17 @@ def qk(R, W):
     L.append("  @inline(__always)")
     params = ", ".join(f"_ q{r}: UnsafePointer<Lane>" for r in range(R))
     outs = ", ".join(f"_ s{r}: UnsafeMutablePointer<Lane>" for r in range(R))
-    L.append(f"  static func qk{R}x{W}({params}, k: UnsafePointer<Float>, ldk: Int, depth: Int, {outs}) {{")
+    L.append(f"  static func qk{R}x{W}({params}, k: UnsafePointer<Float>, ldk: Int, depth: Int, {outs}, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {{")
     for r in range(R):
         L.append("    " + "; ".join(f"var a{r}{w} = Lane()" for w in range(W)))
-    L.append("    var kp = k")
+    L.append("    var kp = k, np = next")
     L.append("    for d in 0..<depth {")
     L.append("      " + "; ".join(f"let k{w} = loadLane(kp + {w})" for w in range(W)))
     for r in range(R):
         L.append(f"      do {{ let q = q{r}[d]; " + "; ".join(f"a{r}{w} = fmadd(a{r}{w}, q, k{w})" for w in range(W)) + " }")
-    L.append("      kp += ldk")
+    L.append("      prefetchL2(pf[d])")
+    L.append(f"      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + {W + 14})")
+    L.append("      kp += ldk; np += ldk")
     L.append("    }")
     for r in range(R):
         L.append("    " + "; ".join(f"s{r}[{w}] = a{r}{w}" for w in range(W)))
@@ -51,10 +58,10 @@ def pv(R, W):
     L.append("  @inline(__always)")
     params = ", ".join(f"_ p{r}: UnsafePointer<Lane>" for r in range(R))
     outs = ", ".join(f"_ o{r}: UnsafeMutablePointer<Lane>" for r in range(R))
-    L.append(f"  static func pv{R}x{W}({params}, v: UnsafePointer<Float>, ldv: Int, count: Int, {outs}) {{")
+    L.append(f"  static func pv{R}x{W}({params}, v: UnsafePointer<Float>, ldv: Int, count: Int, {outs}, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {{")
     for r in range(R):
         L.append("    " + "; ".join(f"let p{r}{w} = p{r}[{w}]" for w in range(W)))
-    L.append("    var vp = v")
+    L.append("    var vp = v, np = next")
     L.append("    for c in 0..<count {")
     L.append("      " + "; ".join(f"let v{w} = loadLane(vp + {w})" for w in range(W)))
     for r in range(R):
@@ -63,7 +70,9 @@ def pv(R, W):
         for w in range(W):
             expr = f"fmadd({expr}, p{r}{w}, v{w})"
         L.append(f"      o{r}[c] = {expr}")
-    L.append("      vp += ldv")
+    L.append("      prefetchL2(pf[c])")
+    L.append(f"      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + {W + 14})")
+    L.append("      vp += ldv; np += ldv")
     L.append("    }")
     L.append("  }")
     return L
@@ -75,12 +84,14 @@ def dispatch(kind):
         L.append("  /// `qk{rows}x{width}` with the query vectors at `q + r·qStride` and the scores at `s + r·sStride`.")
         L.append("  @inline(__always)")
         L.append("  static func qk(rows: Int, width: Int, q: UnsafePointer<Lane>, qStride: Int, k: UnsafePointer<Float>, ldk: Int,")
-        L.append("                 depth: Int, s: UnsafeMutablePointer<Lane>, sStride: Int) {")
+        L.append("                 depth: Int, s: UnsafeMutablePointer<Lane>, sStride: Int, pf: UnsafePointer<UnsafeRawPointer>,")
+        L.append("                 next: UnsafePointer<Float>) {")
     else:
         L.append("  /// `pv{rows}x{width}` with the probabilities at `p + r·pStride` and the outputs at `o + r·oStride`.")
         L.append("  @inline(__always)")
         L.append("  static func pv(rows: Int, width: Int, p: UnsafePointer<Lane>, pStride: Int, v: UnsafePointer<Float>, ldv: Int,")
-        L.append("                 count: Int, o: UnsafeMutablePointer<Lane>, oStride: Int) {")
+        L.append("                 count: Int, o: UnsafeMutablePointer<Lane>, oStride: Int, pf: UnsafePointer<UnsafeRawPointer>,")
+        L.append("                 next: UnsafePointer<Float>) {")
     L.append("    switch (rows, width) {")
     for R in ROWS:
         for W in WIDTHS:
@@ -89,11 +100,11 @@ def dispatch(kind):
             if kind == "qk":
                 qs = ", ".join(f"q + {r} * qStride" for r in range(R))
                 ss = ", ".join(f"s + {r} * sStride" for r in range(R))
-                L.append(f"    case ({R}, {W}): qk{R}x{W}({qs}, k: k, ldk: ldk, depth: depth, {ss})")
+                L.append(f"    case ({R}, {W}): qk{R}x{W}({qs}, k: k, ldk: ldk, depth: depth, {ss}, pf: pf, next: next)")
             else:
                 ps = ", ".join(f"p + {r} * pStride" for r in range(R))
                 os_ = ", ".join(f"o + {r} * oStride" for r in range(R))
-                L.append(f"    case ({R}, {W}): pv{R}x{W}({ps}, v: v, ldv: ldv, count: count, {os_})")
+                L.append(f"    case ({R}, {W}): pv{R}x{W}({ps}, v: v, ldv: ldv, count: count, {os_}, pf: pf, next: next)")
     L.append("    default: preconditionFailure(\"no neighborhood tile \\(rows)x\\(width)\")")
     L.append("    }")
     L.append("  }")

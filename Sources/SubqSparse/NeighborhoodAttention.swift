@@ -16,25 +16,35 @@ import SubqKernels
 ///
 ///     s = τ · q_i · k_j  (+ softcap)  + B[h, Δ]      O_i = Σ_{j ∈ window(i)} softmax(s)_j · v_j
 ///
-/// Kernel: the queries of one grid row go on the SIMD lanes; K and V are packed once per key/value
-/// head as transposed, zero-padded rows (`[row][d][column]`), so that for a relative key offset o
-/// one unaligned vector load gives every lane its own key (column + o). Each (query, key) pair is
-/// computed once: there is no halo and no dense mask. Up to three neighboring grid rows share each
-/// key load (register tiles from `scripts/gen-neighborhood-tiles.py`). Border lanes, whose windows
-/// are shifted, are handled by widening the offset range of their vector and masking per lane.
-/// Softmax is online over chunks of at most ~512 keys per query (one chunk for 2-D 7×7); scores are
-/// kept in log2 units as in ``FlashAttention``. Work items are runs of bands of grid rows; each
-/// worker keeps the packed K/V rows of its current band in a small cache, prefetches the next
-/// band's rows and the next tile's queries while it computes, and checks Q, K and V for NaN/±∞ as
-/// it packs them (raising the same error as the up-front check, without a separate pass).
+/// Kernel: the queries of one grid row go on the SIMD lanes; K and V rows are packed as transposed,
+/// zero-padded rows (`[d][column]`, the left padding rounded up to whole vectors so packing stores
+/// are aligned), so that for a relative key offset o one unaligned vector load gives every lane its
+/// own key (column + o). Each (query, key) pair is computed once: there is no halo and no dense
+/// mask. Up to three neighboring grid rows share each key load (register tiles from
+/// `scripts/gen-neighborhood-tiles.py`). Border lanes, whose windows are shifted, are handled by
+/// widening the offset range of their vector and masking per lane; interior chunks without softcap
+/// or bias skip the masking pass. Softmax is online over chunks of at most ~512 keys per query (one
+/// chunk for 2-D 7×7); scores are kept in log2 units as in ``FlashAttention``. Work items are runs
+/// of bands of grid rows; each worker keeps the packed K/V rows of its current band in a small cache
+/// (in L2), and packs each key row about once per item. Memory traffic is hidden by prefetching
+/// spread over the computation: every iteration of the register tiles' loops issues one L2
+/// prefetch from a per-tile list (the next tile's queries and output rows, and a share of the next
+/// band's new key rows) and L1 prefetches of the next packed row it will read. Q, K and V are
+/// checked for NaN/±∞ as they are packed (raising the same error as the up-front check, without a
+/// separate pass).
+///
+/// Cost per attended pair: D + Dv FMA lanes (no wasted pairs except the widened offset range of
+/// border vectors); per token, one 16×16-block transposition of its query, key, value and output
+/// rows (AVX-512; 8×8 on AVX2/NEON) and one 2^x.
 ///
 /// Differences from NATTEN: no stride (GNA) parameter; kernel size 1 is allowed (it attends to the
 /// own index on that axis); the layout is Subquadratic's `[B, H, N, D]` (or bshd) with the grid
 /// flattened, not NATTEN's heads-last `[B, X, Y, H, D]`; RPB (dropped in NATTEN ≥ 0.20) is
 /// supported, also with causal axes, where only the entries Δ ≤ 0 are used.
 ///
-/// - Complexity: O(B·Hq·N·∏k·(D + Dv)) time; O(N·(D + Dv)) extra memory for the packed K/V of one
-///   key/value head, plus O(threads·(D + Dv + 512)) scratch.
+/// - Complexity: O(B·Hq·N·∏k·(D + Dv)) time; O(threads·k₀·(k₁ + 2)·(D + Dv)·n₂) extra memory (each
+///   worker's cache of packed key rows, n₂ the padded length of the last grid axis), plus small
+///   per-worker scratch.
 public struct NeighborhoodAttention: PatternAttentionMethod {
   public static let info = MethodInfo(
     name: "neighborhood",
@@ -277,7 +287,9 @@ struct NeighborhoodPlan: Sendable {
   let bias: [Float]?
   let biasStride: Int
   let scratchFloats: Int
-  let qtOff: Int, otOff: Int, sOff: Int, vecOff: Int, tOff: Int, slotOff: Int
+  let qtOff: Int, otOff: Int, sOff: Int, vecOff: Int, tOff: Int, pfOff: Int, slotOff: Int
+  /// Prefetch list: capacity (entries) before the padding, and the padding.
+  let pfCapacity: Int, pfPad: Int
 
   static let log2e: Float = 1.442_695_040_888_963_4
   static let ln2: Float = 0.693_147_180_559_945_3
@@ -294,7 +306,9 @@ struct NeighborhoodPlan: Sendable {
     rowsPerTile = 2
     #endif
     let R = rowsPerTile
-    padL = ax2.kernel - 1
+    // At least k−1 zero columns on the left, rounded up to whole vectors so that packed rows are
+    // stored with aligned (single cache line) vector stores.
+    padL = (ax2.kernel - 1 + Lw - 1) / Lw * Lw
     maxN2 = ax2.groupLength(0)
     rowStride = (padL + maxN2 + Lw + ax2.kernel + 15) / 16 * 16
     var sgs: [NeighborhoodSubgrid] = []
@@ -331,7 +345,9 @@ struct NeighborhoodPlan: Sendable {
     }
     self.items = items
     slotsZ = ax0.kernel
-    slotsX = ax1.kernel + R - 1
+    // A band's windows span at most k₁ + R − 1 rows, and never more than the axis holds (1-D grids
+    // need one packed row, not R).
+    slotsX = min(ax1.kernel + R - 1, ax1.groupLength(0))
     slotFloats = (p.headDim + p.valueDim) * rowStride
     chunkO = min(2 * ax2.kernel - 1, 256)
     chunkX = min(ax1.kernel + R - 1, max(1, 512 / chunkO))
@@ -345,7 +361,15 @@ struct NeighborhoodPlan: Sendable {
     sOff = otOff + R * p.valueDim * Lw + 16
     vecOff = sOff + R * chunkX * chunkO * Lw + 16
     tOff = vecOff + (2 * R + 2) * Lw + 16
-    slotOff = (tOff + Lw * Lw + 16 + 15) / 16 * 16
+    // The transpose area holds one 16-row block of every 16 channels of K or V (pack) or Q.
+    let tFloats = Lw * max(Lw, max(p.headDim, p.valueDim) / Lw * Lw)
+    // Prefetch list (pointers, two floats each): one tile's queries and outputs, and a share
+    // (≤ laneWidth columns) of up to R new key rows per plane of the window, then padding.
+    let lq = (p.headDim + 15) / 16, lo = (p.valueDim + 15) / 16
+    pfCapacity = R * Lw * (lq + lo) + ax0.kernel * R * Lw * (lq + lo)
+    pfPad = max(p.headDim, p.valueDim) + 16
+    pfOff = (tOff + tFloats + 16 + 15) / 16 * 16
+    slotOff = (pfOff + 2 * (pfCapacity + pfPad) + 16 + 15) / 16 * 16
     scratchFloats = slotOff + slotsZ * slotsX * slotFloats + 16
   }
 
@@ -393,23 +417,37 @@ struct NeighborhoodPlan: Sendable {
   }
 
   /// Packs key row (z, x) of sub-grid `s` into `slot`: K as `[d][padL + c]`, then V as `[c][padL + col]`.
-  /// `check` accumulates `x − x` over everything read: NaN afterwards means a non-finite input.
+  /// `check` accumulates what is read (whole vectors) or `x − x` (single elements): NaN or ±∞
+  /// afterwards means a non-finite input, or (rarely) a finite sum that overflowed, which only
+  /// costs the caller a separate check.
   func pack(b: Int, g: Int, _ s: NeighborhoodSubgrid, z: Int, x: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
             slot: UnsafeMutablePointer<Float>, block: UnsafeMutablePointer<Lane>, check: inout Lane) {
     let D = p.headDim, Dv = p.valueDim, Lw = laneWidth
     let rev = LaneTranspose.reversed
     for (src, rows, width, dst) in [(k, p.keyRows, D, slot + padL), (v, p.valueRows, Dv, slot + D * rowStride + padL)] {
+      let full = width / Lw * Lw
       var c2 = 0
       while c2 + Lw <= s.n2 {
-        var d0 = 0
-        while d0 + Lw <= width {
-          for r in 0..<Lw {
-            let e = loadLane(src + rows.offset(batch: b, head: g, row: position(s, z, x, c2 + rev[r])) + d0)
-            block[r] = e
-            check += e - e
+        // Each source row is read front to back (sequential lines for the hardware prefetcher)
+        // into `block`: row l of the 16 goes to row rev(l) of each 16×16 block, as the
+        // transposition wants. The check is one add per vector (a sum that is NaN or ±∞ when an
+        // input is; a finite overflow only costs a re-check by the caller).
+        for l in 0..<Lw {
+          let row = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2 + l))
+          let dstRow = block + rev[l]
+          var d0 = 0
+          while d0 < full {
+            let e = loadLane(row + d0)
+            dstRow[d0] = e
+            check += e
+            d0 += Lw
           }
-          LaneTranspose.transpose(block)
-          for d in 0..<Lw { storeLane(block[rev[d]], dst + (d0 + d) * rowStride + c2) }
+        }
+        var d0 = 0
+        while d0 < full {
+          let m = block + d0
+          LaneTranspose.transpose(m)
+          for d in 0..<Lw { storeLane(m[rev[d]], dst + (d0 + d) * rowStride + c2) }
           d0 += Lw
         }
         if d0 < width {
@@ -439,6 +477,7 @@ struct NeighborhoodPlan: Sendable {
     let g = p.kvHead(h)
     let slots = scratch + slotOff
     let block = UnsafeMutableRawPointer(scratch + tOff).assumingMemoryBound(to: Lane.self)
+    let pf = UnsafeMutableRawPointer(scratch + pfOff).assumingMemoryBound(to: UnsafeRawPointer.self)
     let zStart = ax0.windowStart(c0, groupLength: s.n0), zCount = ax0.windowCount(c0)
     var check = Lane()
     var c1 = Int(it.c1Start)
@@ -466,15 +505,18 @@ struct NeighborhoodPlan: Sendable {
       let tiles = (s.n2 + laneWidth - 1) / laneWidth
       var t = 0
       for i0 in stride(from: 0, to: s.n2, by: laneWidth) {
-        // This band's next tile (or the next band's first): its queries and output rows.
+        // Queue the cache lines this band's next tile (or the next band's first) reads and
+        // writes, and a share of the next band's new key rows: the tiles issue one prefetch per
+        // loop iteration from this list, spread over the computation.
         let (pc1, pi0, pR) = i0 + laneWidth < s.n2 ? (c1, i0 + laneWidth, R) : (next, 0, nextR)
+        var n = 0
         for r in 0..<max(0, pR) {
           for l in 0..<min(laneWidth, s.n2 - pi0) {
             let pos = position(s, c0, pc1 + r, pi0 + l)
-            let qRow = q + p.queryRows.offset(batch: b, head: h, row: pos)
-            let oRow = out + p.outputRows.offset(batch: b, head: h, row: pos)
-            for d in stride(from: 0, to: p.headDim, by: 16) { prefetchRead(qRow + d) }
-            for c in stride(from: 0, to: p.valueDim, by: 16) { prefetchWrite(oRow + c) }
+            let qRow = UnsafeRawPointer(q + p.queryRows.offset(batch: b, head: h, row: pos))
+            let oRow = UnsafeRawPointer(out + p.outputRows.offset(batch: b, head: h, row: pos))
+            for d in stride(from: 0, to: p.headDim, by: 16) where n < pfCapacity { pf[n] = qRow + 4 * d; n += 1 }
+            for c in stride(from: 0, to: p.valueDim, by: 16) where n < pfCapacity { pf[n] = oRow + 4 * c; n += 1 }
           }
         }
         if !newRows.isEmpty {
@@ -482,27 +524,32 @@ struct NeighborhoodPlan: Sendable {
             for x in newRows where tags[slotIndex(z, x)] != ((b * p.keyValueHeads + g) * subgrids.count + si) * tagRows + z * s.n1 + x {
               for c2 in (s.n2 * t / tiles)..<(s.n2 * (t + 1) / tiles) {
                 let pos = position(s, z, x, c2)
-                let kRow = k + p.keyRows.offset(batch: b, head: g, row: pos)
-                let vRow = v + p.valueRows.offset(batch: b, head: g, row: pos)
-                for d in stride(from: 0, to: p.headDim, by: 16) { prefetchRead(kRow + d) }
-                for c in stride(from: 0, to: p.valueDim, by: 16) { prefetchRead(vRow + c) }
+                let kRow = UnsafeRawPointer(k + p.keyRows.offset(batch: b, head: g, row: pos))
+                let vRow = UnsafeRawPointer(v + p.valueRows.offset(batch: b, head: g, row: pos))
+                for d in stride(from: 0, to: p.headDim, by: 16) where n < pfCapacity { pf[n] = kRow + 4 * d; n += 1 }
+                for c in stride(from: 0, to: p.valueDim, by: 16) where n < pfCapacity { pf[n] = vRow + 4 * c; n += 1 }
               }
             }
           }
         }
+        // (The capacity covers every line above; the guards only keep a miscount from writing past
+        // the list.) The padding after the list: lines of the scratch itself (already cached).
+        for i in 0..<pfPad { pf[n + i] = UnsafeRawPointer(scratch) }
         tile(s, b: b, h: h, c0: c0, c1s: c1, rows: R, i0: i0, q: q, slots: slots, out: out, lse: lse, scratch: scratch,
-             check: &check)
+             pf: pf, pfCount: n, check: &check)
         t += 1
       }
       c1 += R
     }
-    if any(check .!= check) { tags[slotsZ * slotsX] = 1 }
+    // `check` sums what was read: NaN or ±∞ (so check − check is NaN) when an input was.
+    let c = check - check
+    if any(c .!= c) { tags[slotsZ * slotsX] = 1 }
   }
 
   /// Computes one tile: `rows` grid rows from `c1s` × one lane vector of queries from `i0`.
   func tile(_ s: NeighborhoodSubgrid, b: Int, h: Int, c0: Int, c1s: Int, rows R: Int, i0: Int, q: UnsafePointer<Float>,
             slots: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
-            scratch: UnsafeMutablePointer<Float>, check: inout Lane) {
+            scratch: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfCount: Int, check: inout Lane) {
     let Lw = laneWidth
     let real = min(Lw, s.n2 - i0)
     let D = p.headDim, Dv = p.valueDim
@@ -526,15 +573,24 @@ struct NeighborhoodPlan: Sendable {
     for r in 0..<R {
       if real == Lw {
         // Whole lane vector: 16×16 (8×8) blocks transposed in registers.
-        var d0 = 0
-        while d0 + Lw <= D {
-          for x in 0..<Lw {
-            let e = loadLane(q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + rev[x])) + d0)
-            m16[x] = e
-            check += e - e
+        // Each query row read front to back into the transpose area (see `pack`).
+        let full = D / Lw * Lw
+        for x in 0..<Lw {
+          let row = q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + x))
+          let dstRow = m16 + rev[x]
+          var d0 = 0
+          while d0 < full {
+            let e = loadLane(row + d0)
+            dstRow[d0] = e
+            check += e
+            d0 += Lw
           }
-          LaneTranspose.transpose(m16)
-          for d in 0..<Lw { qt[r * D + d0 + d] = m16[rev[d]] * scaleV }
+        }
+        var d0 = 0
+        while d0 < full {
+          let m = m16 + d0
+          LaneTranspose.transpose(m)
+          for d in 0..<Lw { qt[r * D + d0 + d] = m[rev[d]] * scaleV }
           d0 += Lw
         }
         for l in 0..<Lw where d0 < D {
@@ -596,9 +652,18 @@ struct NeighborhoodPlan: Sendable {
     let softcapLog2 = p.softcap.map { $0 * NeighborhoodPlan.log2e }
     let b1 = 2 * ax1.kernel - 1, b2 = 2 * ax2.kernel - 1
     let biasHead = bias.map { _ in h * biasStride }
+    // Prefetch list position: each tile call takes one entry per loop iteration; past the end of
+    // the list it reads the padding (pfPad ≥ any loop count).
+    var pfAt = 0
+    let plain = softcapLog2 == nil && biasHead == nil
+    // Bit r set once row r has had a chunk (before that its Oᵀ is zero: nothing to rescale).
+    var started = 0
 
     (bias ?? []).withUnsafeBufferPointer { biasBuf in
+      // Slots of key rows xLo ..< xHi (at most slotsX rows) without a division per row.
+      let xLoMod = xLo % slotsX
       for z in zStart..<(zStart + zCount) {
+        let zSlot = (z % slotsZ) * slotsX
         for xc in stride(from: xLo, to: xHi, by: gx) {
           let xe = min(xc + gx, xHi)
           for oc in stride(from: oLo, to: oHi, by: go) {
@@ -607,12 +672,16 @@ struct NeighborhoodPlan: Sendable {
             for x in xc..<xe {
               let (ra, rb) = rowsSeeing(x)
               if rb < ra { continue }
-              let kRow = slots + slotIndex(z, x) * slotFloats + padL + i0
+              let xm = xLoMod + (x - xLo), xn = x + 1 < xe ? xm + 1 : xm
+              let kRow = slots + (zSlot + (xm >= slotsX ? xm - slotsX : xm)) * slotFloats + padL + i0
+              let kNext = slots + (zSlot + (xn >= slotsX ? xn - slotsX : xn)) * slotFloats + padL + i0
               var o = oc
               while o < oe {
                 let w = min(oe - o, maxWidth(rb - ra + 1))
                 NeighborhoodTiles.qk(rows: rb - ra + 1, width: w, q: qt + ra * D, qStride: D, k: kRow + o, ldk: rowStride,
-                                     depth: D, s: st + ra * sRow + (x - xc) * go + (o - oc), sStride: sRow)
+                                     depth: D, s: st + ra * sRow + (x - xc) * go + (o - oc), sStride: sRow, pf: pf + pfAt,
+                                     next: kNext + o)
+                pfAt = min(pfAt + D, pfCount)
                 o += w
               }
             }
@@ -621,6 +690,13 @@ struct NeighborhoodPlan: Sendable {
               let xr0 = max(xc, xStart(r)), xr1 = min(xe, xEnd(r))
               if xr0 >= xr1 { continue }
               var mx = mRun[r]
+              if plain && allLo <= oc && oe <= allHi {
+                // No softcap, no bias, every lane sees every offset of the chunk: only the max.
+                for x in xr0..<xr1 {
+                  let row = st + r * sRow + (x - xc) * go - oc
+                  for o in oc..<oe { mx = vmax(mx, row[o]) }
+                }
+              } else {
               for x in xr0..<xr1 {
                 let row = st + r * sRow + (x - xc) * go - oc
                 let bRow = biasHead.map { $0 + ((z - c0 + ax0.kernel - 1) * b1 + (x - (c1s + r) + ax1.kernel - 1)) * b2 + ax2.kernel - 1 }
@@ -636,6 +712,7 @@ struct NeighborhoodPlan: Sendable {
                   mx = vmax(mx, sc)
                 }
               }
+              }
               let safe = mx.replacing(with: 0, where: mx .== -Float.infinity)
               let alpha = exp2Lane(mRun[r] - safe)
               mRun[r] = mx
@@ -649,19 +726,26 @@ struct NeighborhoodPlan: Sendable {
                 }
               }
               lRun[r] = fmadd(sum, lRun[r], alpha)
-              let o = ot + r * Dv
-              for c in 0..<Dv { o[c] *= alpha }
+              if started & (1 << r) != 0 {
+                let o = ot + r * Dv
+                for c in 0..<Dv { o[c] *= alpha }
+              }
+              started |= 1 << r
             }
             // 3. Values.
             for x in xc..<xe {
               let (ra, rb) = rowsSeeing(x)
               if rb < ra { continue }
-              let vRow = slots + slotIndex(z, x) * slotFloats + kRowFloats + padL + i0
+              let xm = xLoMod + (x - xLo), xn = x + 1 < xe ? xm + 1 : xm
+              let vRow = slots + (zSlot + (xm >= slotsX ? xm - slotsX : xm)) * slotFloats + kRowFloats + padL + i0
+              let vNext = slots + (zSlot + (xn >= slotsX ? xn - slotsX : xn)) * slotFloats + kRowFloats + padL + i0
               var o = oc
               while o < oe {
                 let w = min(oe - o, maxWidth(rb - ra + 1))
                 NeighborhoodTiles.pv(rows: rb - ra + 1, width: w, p: st + ra * sRow + (x - xc) * go + (o - oc), pStride: sRow,
-                                     v: vRow + o, ldv: rowStride, count: Dv, o: ot + ra * Dv, oStride: Dv)
+                                     v: vRow + o, ldv: rowStride, count: Dv, o: ot + ra * Dv, oStride: Dv, pf: pf + pfAt,
+                                     next: vNext + o)
+                pfAt = min(pfAt + Dv, pfCount)
                 o += w
               }
             }

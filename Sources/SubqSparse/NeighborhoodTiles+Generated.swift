@@ -6,13 +6,15 @@ extension NeighborhoodTiles {
   /// Scores of 1 query vector(s) against 1 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x1(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x1(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 15)
+      kp += ldk; np += ldk
     }
     s0[0] = a00
   }
@@ -20,26 +22,30 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 1 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x1(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x1(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0)
       o0[c] = fmadd(o0[c], p00, v0)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 15)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 1 query vector(s) against 2 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x2(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x2(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 16)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01
   }
@@ -47,26 +53,30 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 2 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x2(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x2(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1)
       o0[c] = fmadd(fmadd(o0[c], p00, v0), p01, v1)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 16)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 1 query vector(s) against 3 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x3(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x3(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 17)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02
   }
@@ -74,26 +84,30 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 3 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x3(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x3(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2)
       o0[c] = fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 17)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 1 query vector(s) against 4 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x4(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x4(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 18)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03
   }
@@ -101,26 +115,30 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 4 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x4(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x4(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3)
       o0[c] = fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 18)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 1 query vector(s) against 5 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x5(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x5(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 19)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04
   }
@@ -128,26 +146,30 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 5 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x5(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x5(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 19)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 1 query vector(s) against 6 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x6(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x6(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 20)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05
   }
@@ -155,26 +177,30 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 6 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x6(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x6(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 20)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 1 query vector(s) against 7 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x7(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x7(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane(); var a06 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5); let k6 = loadLane(kp + 6)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 21)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06
   }
@@ -182,26 +208,30 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 7 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x7(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x7(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]; let p06 = p0[6]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5); let v6 = loadLane(vp + 6)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 21)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 1 query vector(s) against 8 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk1x8(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>) {
+  static func qk1x8(_ q0: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane(); var a06 = Lane(); var a07 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5); let k6 = loadLane(kp + 6); let k7 = loadLane(kp + 7)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6); a07 = fmadd(a07, q, k7) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 22)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06; s0[7] = a07
   }
@@ -209,28 +239,32 @@ extension NeighborhoodTiles {
   /// Value update of 1 query vector(s) from 8 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv1x8(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>) {
+  static func pv1x8(_ p0: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]; let p06 = p0[6]; let p07 = p0[7]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5); let v6 = loadLane(vp + 6); let v7 = loadLane(vp + 7)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6), p07, v7)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 22)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 2 query vector(s) against 1 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x1(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x1(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane()
     var a10 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 15)
+      kp += ldk; np += ldk
     }
     s0[0] = a00
     s1[0] = a10
@@ -239,30 +273,34 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 1 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x1(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x1(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]
     let p10 = p1[0]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0)
       o0[c] = fmadd(o0[c], p00, v0)
       o1[c] = fmadd(o1[c], p10, v0)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 15)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 2 query vector(s) against 2 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x2(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x2(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane()
     var a10 = Lane(); var a11 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 16)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01
     s1[0] = a10; s1[1] = a11
@@ -271,30 +309,34 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 2 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x2(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x2(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]
     let p10 = p1[0]; let p11 = p1[1]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1)
       o0[c] = fmadd(fmadd(o0[c], p00, v0), p01, v1)
       o1[c] = fmadd(fmadd(o1[c], p10, v0), p11, v1)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 16)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 2 query vector(s) against 3 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x3(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x3(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 17)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02
     s1[0] = a10; s1[1] = a11; s1[2] = a12
@@ -303,30 +345,34 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 3 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x3(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x3(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2)
       o0[c] = fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2)
       o1[c] = fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 17)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 2 query vector(s) against 4 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x4(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x4(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 18)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03
     s1[0] = a10; s1[1] = a11; s1[2] = a12; s1[3] = a13
@@ -335,30 +381,34 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 4 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x4(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x4(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3)
       o0[c] = fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3)
       o1[c] = fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 18)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 2 query vector(s) against 5 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x5(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x5(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane(); var a14 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 19)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04
     s1[0] = a10; s1[1] = a11; s1[2] = a12; s1[3] = a13; s1[4] = a14
@@ -367,30 +417,34 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 5 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x5(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x5(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]; let p14 = p1[4]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 19)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 2 query vector(s) against 6 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x6(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x6(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane(); var a14 = Lane(); var a15 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 20)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05
     s1[0] = a10; s1[1] = a11; s1[2] = a12; s1[3] = a13; s1[4] = a14; s1[5] = a15
@@ -399,30 +453,34 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 6 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x6(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x6(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]; let p14 = p1[4]; let p15 = p1[5]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 20)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 2 query vector(s) against 7 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x7(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x7(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane(); var a06 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane(); var a14 = Lane(); var a15 = Lane(); var a16 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5); let k6 = loadLane(kp + 6)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5); a16 = fmadd(a16, q, k6) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 21)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06
     s1[0] = a10; s1[1] = a11; s1[2] = a12; s1[3] = a13; s1[4] = a14; s1[5] = a15; s1[6] = a16
@@ -431,30 +489,34 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 7 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x7(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x7(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]; let p06 = p0[6]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]; let p14 = p1[4]; let p15 = p1[5]; let p16 = p1[6]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5); let v6 = loadLane(vp + 6)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5), p16, v6)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 21)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 2 query vector(s) against 8 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk2x8(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>) {
+  static func qk2x8(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane(); var a06 = Lane(); var a07 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane(); var a14 = Lane(); var a15 = Lane(); var a16 = Lane(); var a17 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5); let k6 = loadLane(kp + 6); let k7 = loadLane(kp + 7)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6); a07 = fmadd(a07, q, k7) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5); a16 = fmadd(a16, q, k6); a17 = fmadd(a17, q, k7) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 22)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06; s0[7] = a07
     s1[0] = a10; s1[1] = a11; s1[2] = a12; s1[3] = a13; s1[4] = a14; s1[5] = a15; s1[6] = a16; s1[7] = a17
@@ -463,32 +525,36 @@ extension NeighborhoodTiles {
   /// Value update of 2 query vector(s) from 8 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv2x8(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>) {
+  static func pv2x8(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]; let p06 = p0[6]; let p07 = p0[7]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]; let p14 = p1[4]; let p15 = p1[5]; let p16 = p1[6]; let p17 = p1[7]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5); let v6 = loadLane(vp + 6); let v7 = loadLane(vp + 7)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6), p07, v7)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5), p16, v6), p17, v7)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 22)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 3 query vector(s) against 1 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk3x1(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>) {
+  static func qk3x1(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane()
     var a10 = Lane()
     var a20 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 15)
+      kp += ldk; np += ldk
     }
     s0[0] = a00
     s1[0] = a10
@@ -498,34 +564,38 @@ extension NeighborhoodTiles {
   /// Value update of 3 query vector(s) from 1 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv3x1(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>) {
+  static func pv3x1(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]
     let p10 = p1[0]
     let p20 = p2[0]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0)
       o0[c] = fmadd(o0[c], p00, v0)
       o1[c] = fmadd(o1[c], p10, v0)
       o2[c] = fmadd(o2[c], p20, v0)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 15)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 3 query vector(s) against 2 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk3x2(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>) {
+  static func qk3x2(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane()
     var a10 = Lane(); var a11 = Lane()
     var a20 = Lane(); var a21 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 16)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01
     s1[0] = a10; s1[1] = a11
@@ -535,34 +605,38 @@ extension NeighborhoodTiles {
   /// Value update of 3 query vector(s) from 2 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv3x2(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>) {
+  static func pv3x2(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]
     let p10 = p1[0]; let p11 = p1[1]
     let p20 = p2[0]; let p21 = p2[1]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1)
       o0[c] = fmadd(fmadd(o0[c], p00, v0), p01, v1)
       o1[c] = fmadd(fmadd(o1[c], p10, v0), p11, v1)
       o2[c] = fmadd(fmadd(o2[c], p20, v0), p21, v1)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 16)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 3 query vector(s) against 3 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk3x3(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>) {
+  static func qk3x3(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane()
     var a20 = Lane(); var a21 = Lane(); var a22 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 17)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02
     s1[0] = a10; s1[1] = a11; s1[2] = a12
@@ -572,34 +646,38 @@ extension NeighborhoodTiles {
   /// Value update of 3 query vector(s) from 3 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv3x3(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>) {
+  static func pv3x3(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]
     let p20 = p2[0]; let p21 = p2[1]; let p22 = p2[2]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2)
       o0[c] = fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2)
       o1[c] = fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2)
       o2[c] = fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 17)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 3 query vector(s) against 4 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk3x4(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>) {
+  static func qk3x4(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane()
     var a20 = Lane(); var a21 = Lane(); var a22 = Lane(); var a23 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2); a23 = fmadd(a23, q, k3) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 18)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03
     s1[0] = a10; s1[1] = a11; s1[2] = a12; s1[3] = a13
@@ -609,34 +687,38 @@ extension NeighborhoodTiles {
   /// Value update of 3 query vector(s) from 4 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv3x4(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>) {
+  static func pv3x4(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]
     let p20 = p2[0]; let p21 = p2[1]; let p22 = p2[2]; let p23 = p2[3]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3)
       o0[c] = fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3)
       o1[c] = fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3)
       o2[c] = fmadd(fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2), p23, v3)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 18)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 3 query vector(s) against 5 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk3x5(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>) {
+  static func qk3x5(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane(); var a14 = Lane()
     var a20 = Lane(); var a21 = Lane(); var a22 = Lane(); var a23 = Lane(); var a24 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2); a23 = fmadd(a23, q, k3); a24 = fmadd(a24, q, k4) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 19)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04
     s1[0] = a10; s1[1] = a11; s1[2] = a12; s1[3] = a13; s1[4] = a14
@@ -646,34 +728,38 @@ extension NeighborhoodTiles {
   /// Value update of 3 query vector(s) from 5 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv3x5(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>) {
+  static func pv3x5(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]; let p14 = p1[4]
     let p20 = p2[0]; let p21 = p2[1]; let p22 = p2[2]; let p23 = p2[3]; let p24 = p2[4]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4)
       o2[c] = fmadd(fmadd(fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2), p23, v3), p24, v4)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 19)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 3 query vector(s) against 6 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk3x6(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>) {
+  static func qk3x6(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane(); var a14 = Lane(); var a15 = Lane()
     var a20 = Lane(); var a21 = Lane(); var a22 = Lane(); var a23 = Lane(); var a24 = Lane(); var a25 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2); a23 = fmadd(a23, q, k3); a24 = fmadd(a24, q, k4); a25 = fmadd(a25, q, k5) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 20)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05
     s1[0] = a10; s1[1] = a11; s1[2] = a12; s1[3] = a13; s1[4] = a14; s1[5] = a15
@@ -683,34 +769,38 @@ extension NeighborhoodTiles {
   /// Value update of 3 query vector(s) from 6 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv3x6(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>) {
+  static func pv3x6(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]; let p14 = p1[4]; let p15 = p1[5]
     let p20 = p2[0]; let p21 = p2[1]; let p22 = p2[2]; let p23 = p2[3]; let p24 = p2[4]; let p25 = p2[5]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5)
       o2[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2), p23, v3), p24, v4), p25, v5)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 20)
+      vp += ldv; np += ldv
     }
   }
 
   /// Scores of 3 query vector(s) against 7 shifted key vector(s):
   /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.
   @inline(__always)
-  static func qk3x7(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>) {
+  static func qk3x7(_ q0: UnsafePointer<Lane>, _ q1: UnsafePointer<Lane>, _ q2: UnsafePointer<Lane>, k: UnsafePointer<Float>, ldk: Int, depth: Int, _ s0: UnsafeMutablePointer<Lane>, _ s1: UnsafeMutablePointer<Lane>, _ s2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane(); var a04 = Lane(); var a05 = Lane(); var a06 = Lane()
     var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane(); var a14 = Lane(); var a15 = Lane(); var a16 = Lane()
     var a20 = Lane(); var a21 = Lane(); var a22 = Lane(); var a23 = Lane(); var a24 = Lane(); var a25 = Lane(); var a26 = Lane()
-    var kp = k
+    var kp = k, np = next
     for d in 0..<depth {
       let k0 = loadLane(kp + 0); let k1 = loadLane(kp + 1); let k2 = loadLane(kp + 2); let k3 = loadLane(kp + 3); let k4 = loadLane(kp + 4); let k5 = loadLane(kp + 5); let k6 = loadLane(kp + 6)
       do { let q = q0[d]; a00 = fmadd(a00, q, k0); a01 = fmadd(a01, q, k1); a02 = fmadd(a02, q, k2); a03 = fmadd(a03, q, k3); a04 = fmadd(a04, q, k4); a05 = fmadd(a05, q, k5); a06 = fmadd(a06, q, k6) }
       do { let q = q1[d]; a10 = fmadd(a10, q, k0); a11 = fmadd(a11, q, k1); a12 = fmadd(a12, q, k2); a13 = fmadd(a13, q, k3); a14 = fmadd(a14, q, k4); a15 = fmadd(a15, q, k5); a16 = fmadd(a16, q, k6) }
       do { let q = q2[d]; a20 = fmadd(a20, q, k0); a21 = fmadd(a21, q, k1); a22 = fmadd(a22, q, k2); a23 = fmadd(a23, q, k3); a24 = fmadd(a24, q, k4); a25 = fmadd(a25, q, k5); a26 = fmadd(a26, q, k6) }
-      kp += ldk
+      prefetchL2(pf[d])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 21)
+      kp += ldk; np += ldk
     }
     s0[0] = a00; s0[1] = a01; s0[2] = a02; s0[3] = a03; s0[4] = a04; s0[5] = a05; s0[6] = a06
     s1[0] = a10; s1[1] = a11; s1[2] = a12; s1[3] = a13; s1[4] = a14; s1[5] = a15; s1[6] = a16
@@ -720,48 +810,51 @@ extension NeighborhoodTiles {
   /// Value update of 3 query vector(s) from 7 shifted value vector(s), for `c` in `0..<count`:
   /// `o_r[c] += Σ_w p_r[w] · V[c·ldv + w ..< c·ldv + w + laneWidth]`.
   @inline(__always)
-  static func pv3x7(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>) {
+  static func pv3x7(_ p0: UnsafePointer<Lane>, _ p1: UnsafePointer<Lane>, _ p2: UnsafePointer<Lane>, v: UnsafePointer<Float>, ldv: Int, count: Int, _ o0: UnsafeMutablePointer<Lane>, _ o1: UnsafeMutablePointer<Lane>, _ o2: UnsafeMutablePointer<Lane>, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {
     let p00 = p0[0]; let p01 = p0[1]; let p02 = p0[2]; let p03 = p0[3]; let p04 = p0[4]; let p05 = p0[5]; let p06 = p0[6]
     let p10 = p1[0]; let p11 = p1[1]; let p12 = p1[2]; let p13 = p1[3]; let p14 = p1[4]; let p15 = p1[5]; let p16 = p1[6]
     let p20 = p2[0]; let p21 = p2[1]; let p22 = p2[2]; let p23 = p2[3]; let p24 = p2[4]; let p25 = p2[5]; let p26 = p2[6]
-    var vp = v
+    var vp = v, np = next
     for c in 0..<count {
       let v0 = loadLane(vp + 0); let v1 = loadLane(vp + 1); let v2 = loadLane(vp + 2); let v3 = loadLane(vp + 3); let v4 = loadLane(vp + 4); let v5 = loadLane(vp + 5); let v6 = loadLane(vp + 6)
       o0[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o0[c], p00, v0), p01, v1), p02, v2), p03, v3), p04, v4), p05, v5), p06, v6)
       o1[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o1[c], p10, v0), p11, v1), p12, v2), p13, v3), p14, v4), p15, v5), p16, v6)
       o2[c] = fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(fmadd(o2[c], p20, v0), p21, v1), p22, v2), p23, v3), p24, v4), p25, v5), p26, v6)
-      vp += ldv
+      prefetchL2(pf[c])
+      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + 21)
+      vp += ldv; np += ldv
     }
   }
 
   /// `qk{rows}x{width}` with the query vectors at `q + r·qStride` and the scores at `s + r·sStride`.
   @inline(__always)
   static func qk(rows: Int, width: Int, q: UnsafePointer<Lane>, qStride: Int, k: UnsafePointer<Float>, ldk: Int,
-                 depth: Int, s: UnsafeMutablePointer<Lane>, sStride: Int) {
+                 depth: Int, s: UnsafeMutablePointer<Lane>, sStride: Int, pf: UnsafePointer<UnsafeRawPointer>,
+                 next: UnsafePointer<Float>) {
     switch (rows, width) {
-    case (1, 1): qk1x1(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (1, 2): qk1x2(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (1, 3): qk1x3(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (1, 4): qk1x4(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (1, 5): qk1x5(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (1, 6): qk1x6(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (1, 7): qk1x7(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (1, 8): qk1x8(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride)
-    case (2, 1): qk2x1(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (2, 2): qk2x2(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (2, 3): qk2x3(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (2, 4): qk2x4(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (2, 5): qk2x5(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (2, 6): qk2x6(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (2, 7): qk2x7(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (2, 8): qk2x8(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride)
-    case (3, 1): qk3x1(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride)
-    case (3, 2): qk3x2(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride)
-    case (3, 3): qk3x3(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride)
-    case (3, 4): qk3x4(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride)
-    case (3, 5): qk3x5(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride)
-    case (3, 6): qk3x6(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride)
-    case (3, 7): qk3x7(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride)
+    case (1, 1): qk1x1(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf, next: next)
+    case (1, 2): qk1x2(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf, next: next)
+    case (1, 3): qk1x3(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf, next: next)
+    case (1, 4): qk1x4(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf, next: next)
+    case (1, 5): qk1x5(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf, next: next)
+    case (1, 6): qk1x6(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf, next: next)
+    case (1, 7): qk1x7(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf, next: next)
+    case (1, 8): qk1x8(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf, next: next)
+    case (2, 1): qk2x1(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf, next: next)
+    case (2, 2): qk2x2(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf, next: next)
+    case (2, 3): qk2x3(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf, next: next)
+    case (2, 4): qk2x4(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf, next: next)
+    case (2, 5): qk2x5(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf, next: next)
+    case (2, 6): qk2x6(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf, next: next)
+    case (2, 7): qk2x7(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf, next: next)
+    case (2, 8): qk2x8(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf, next: next)
+    case (3, 1): qk3x1(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride, pf: pf, next: next)
+    case (3, 2): qk3x2(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride, pf: pf, next: next)
+    case (3, 3): qk3x3(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride, pf: pf, next: next)
+    case (3, 4): qk3x4(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride, pf: pf, next: next)
+    case (3, 5): qk3x5(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride, pf: pf, next: next)
+    case (3, 6): qk3x6(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride, pf: pf, next: next)
+    case (3, 7): qk3x7(q + 0 * qStride, q + 1 * qStride, q + 2 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, s + 2 * sStride, pf: pf, next: next)
     default: preconditionFailure("no neighborhood tile \(rows)x\(width)")
     }
   }
@@ -769,31 +862,32 @@ extension NeighborhoodTiles {
   /// `pv{rows}x{width}` with the probabilities at `p + r·pStride` and the outputs at `o + r·oStride`.
   @inline(__always)
   static func pv(rows: Int, width: Int, p: UnsafePointer<Lane>, pStride: Int, v: UnsafePointer<Float>, ldv: Int,
-                 count: Int, o: UnsafeMutablePointer<Lane>, oStride: Int) {
+                 count: Int, o: UnsafeMutablePointer<Lane>, oStride: Int, pf: UnsafePointer<UnsafeRawPointer>,
+                 next: UnsafePointer<Float>) {
     switch (rows, width) {
-    case (1, 1): pv1x1(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (1, 2): pv1x2(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (1, 3): pv1x3(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (1, 4): pv1x4(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (1, 5): pv1x5(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (1, 6): pv1x6(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (1, 7): pv1x7(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (1, 8): pv1x8(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride)
-    case (2, 1): pv2x1(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (2, 2): pv2x2(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (2, 3): pv2x3(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (2, 4): pv2x4(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (2, 5): pv2x5(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (2, 6): pv2x6(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (2, 7): pv2x7(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (2, 8): pv2x8(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride)
-    case (3, 1): pv3x1(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride)
-    case (3, 2): pv3x2(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride)
-    case (3, 3): pv3x3(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride)
-    case (3, 4): pv3x4(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride)
-    case (3, 5): pv3x5(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride)
-    case (3, 6): pv3x6(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride)
-    case (3, 7): pv3x7(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride)
+    case (1, 1): pv1x1(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf, next: next)
+    case (1, 2): pv1x2(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf, next: next)
+    case (1, 3): pv1x3(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf, next: next)
+    case (1, 4): pv1x4(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf, next: next)
+    case (1, 5): pv1x5(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf, next: next)
+    case (1, 6): pv1x6(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf, next: next)
+    case (1, 7): pv1x7(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf, next: next)
+    case (1, 8): pv1x8(p + 0 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, pf: pf, next: next)
+    case (2, 1): pv2x1(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf, next: next)
+    case (2, 2): pv2x2(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf, next: next)
+    case (2, 3): pv2x3(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf, next: next)
+    case (2, 4): pv2x4(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf, next: next)
+    case (2, 5): pv2x5(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf, next: next)
+    case (2, 6): pv2x6(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf, next: next)
+    case (2, 7): pv2x7(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf, next: next)
+    case (2, 8): pv2x8(p + 0 * pStride, p + 1 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, pf: pf, next: next)
+    case (3, 1): pv3x1(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, next: next)
+    case (3, 2): pv3x2(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, next: next)
+    case (3, 3): pv3x3(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, next: next)
+    case (3, 4): pv3x4(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, next: next)
+    case (3, 5): pv3x5(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, next: next)
+    case (3, 6): pv3x6(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, next: next)
+    case (3, 7): pv3x7(p + 0 * pStride, p + 1 * pStride, p + 2 * pStride, v: v, ldv: ldv, count: count, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, next: next)
     default: preconditionFailure("no neighborhood tile \(rows)x\(width)")
     }
   }

@@ -12,3 +12,7 @@ func _llvmPrefetch(_ address: UnsafeRawPointer, _ write: Int32, _ locality: Int3
 
 /// Prefetches the cache line holding `p` for writing.
 @inline(__always) func prefetchWrite(_ p: UnsafeRawPointer) { _llvmPrefetch(p, 1, 3, 1) }
+
+/// Prefetches the cache line holding `p` into the second-level cache only (`prefetcht1` on
+/// x86-64): for data needed a while later, without evicting what the current loop reads from L1.
+@inline(__always) func prefetchL2(_ p: UnsafeRawPointer) { _llvmPrefetch(p, 0, 2, 1) }

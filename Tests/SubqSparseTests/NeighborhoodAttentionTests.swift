@@ -116,6 +116,17 @@ struct NeighborhoodAttentionTests {
     try check(Case(grid: [1, 50], kernel: [1, 5]))
   }
 
+  /// Every kernel size 1…13 (odd and even) on rows that are not a multiple of the lane width, so
+  /// each row has interior vectors, border lanes with shifted windows and a partial last vector;
+  /// the packed rows' left padding (rounded up to whole vectors) and the row cache wrap-around are
+  /// exercised for each size. Dilation 2 on 37 columns leaves groups of 19 and 18.
+  @Test func kernelSizesOneToThirteen() throws {
+    for k in 1...13 {
+      try check(Case(grid: [15, 37], kernel: [min(k, 15), k], hq: 1, d: 16, dv: 16))
+      try check(Case(grid: [13, 37], kernel: [min(k, 6), min(k, 18)], dilation: [2, 2], hq: 1, d: 16, dv: 16))
+    }
+  }
+
   @Test func threeDimensional() throws {
     try check(Case(grid: [5, 6, 7], kernel: [3, 3, 5], dilation: [1, 2, 1], causal: [false, true, false]))
     try check(Case(grid: [4, 9, 18], kernel: [2, 3, 4], dilation: [2, 3, 4], causal: [true, false, false]))
@@ -183,11 +194,15 @@ struct NeighborhoodAttentionTests {
   /// The finiteness check is fused into the kernel: it must still raise the up-front check's error.
   @Test func nonFiniteInputsRaiseTheUsualError() throws {
     let m = try NeighborhoodAttention(grid: [9, 20], kernel: [3, 5])
-    for (tensor, index) in [("Q", 37), ("K", 179), ("V", 0)] {
+    // Columns 19 (and 17) go through the packing's scalar tail, columns 0–5 through the
+    // vectorized transposes (whose check sums the values, so ±∞ must be caught as well as NaN).
+    let cases: [(String, Int, Float)] = [("Q", 37, .nan), ("K", 179, .infinity), ("V", 0, .nan), ("Q", 22, .infinity),
+                                         ("K", 43, -.infinity), ("V", 64, .infinity), ("K", 5, .nan)]
+    for (tensor, index, value) in cases {
       var t = [Tensor.randomNormal(shape: [1, 2, 180, 16], seed: 1), Tensor.randomNormal(shape: [1, 2, 180, 16], seed: 2),
                Tensor.randomNormal(shape: [1, 2, 180, 16], seed: 3)]
       let which = ["Q", "K", "V"].firstIndex(of: tensor)!
-      t[which][flat: 180 * 16 + index * 16 + 5] = tensor == "K" ? .infinity : .nan
+      t[which][flat: 180 * 16 + index * 16 + 5] = value
       let expected: SubqError
       do {
         _ = try AttentionProblem.validate(op: "attention.neighborhood", queries: t[0], keys: t[1], values: t[2], options: AttentionOptions())
