@@ -247,6 +247,8 @@ struct DecodeBenchCommand: ParsableCommand {
       if let s = r.recallSearch { t.add(["top-\(r.recallK) recall (search, sink/window excluded)", String(format: "%.3f", s)]) }
       t.add(["output relative error vs exact", String(format: "%.3e", r.relativeError)])
       t.add(["exact softmax mass on attended keys", String(format: "%.3f", r.attentionMass)])
+      t.add(["data: keys holding 90% of a query's weight", String(format: "%.2f%%", 100 * r.keysFor90PercentMass)])
+      t.add(["data: weight on a query's top-\(r.recallK) keys", String(format: "%.3f", r.topKMass)])
       if let h = r.selectionCacheHitRate { t.add(["selection-cache hit rate", String(format: "%.1f%%", 100 * h)]) }
       if let b = r.buildSeconds { t.add(["index build", formatSeconds(b) + (r.buildQueries.map { " (\($0) queries per kv head)" } ?? "")]) }
       if let m = r.indexBytes { t.add(["index memory (graphs)", formatBytes(Double(m))]) }
