@@ -367,7 +367,10 @@ struct InnerProductIndexTests {
     let (k, q) = clustered(hq: 1, hkv: 1, n: 6000, m: 140, d: 32, clusters: 32, seed: seed)
     let keys = try k.reshaped([6000, 32])
     let sample = try q.reshaped([140, 32])
-    let index = try InnerProductIndex(keys: keys, queries: Tensor(shape: [100, 32], scalars: sample.scalars.prefix(100 * 32)))
+    // A deliberately weak graph (few edges, one entry point), so the narrow cold search misses
+    // keys and the seeded checks below test something.
+    let index = try InnerProductIndex(keys: keys, queries: Tensor(shape: [100, 32], scalars: sample.scalars.prefix(100 * 32)),
+                                      configuration: .init(queryNeighbors: 16, degree: 6, buildWidth: 8, entryPoints: 1))
     var coldHits = 0, warmHits = 0, total = 0  // warm: half-seeded (not bounded by the cold search: another path)
     for t in 100..<140 {
       let query = try Tensor(shape: [32], scalars: sample.scalars[(t * 32)..<(t * 32 + 32)])
