@@ -14,14 +14,35 @@ import SubqKVSelection
 /// process's processor time); the ground truth (every key's inner product) is computed outside the
 /// timings.
 ///
-/// **Data.** `structured` follows ``ProblemData``'s recipe per key/value head: `clusters` centres of
-/// norm 2·D^¼, keys a Zipf-chosen centre plus N(0, 0.5²) noise, values N(0, 1). Prefill queries
-/// are a centre plus N(0, 0.5²) noise. Decode queries form a stream per query head: a centre
-/// (the head's current topic) plus noise that drifts as an AR(1) process
-/// `n_t = ρ·n_{t−1} + √(1−ρ²)·ε_t` (ε ~ N(0, 0.5²), so each query has the prefill queries'
-/// distribution); with probability `topicSwitch` per step every head of a sequence picks a new
-/// topic. Each generated token's key is near its group's current topic. `gaussian` uses N(0, 1)
-/// keys, values and prefill queries and the same AR(1) drift for decode queries.
+/// **Data.** `structured` is ``ProblemData``'s structured recipe (attention shaped like a trained
+/// model's: peaked, different per query, with a local part and an attention sink), generated as
+/// a stream. Per (sequence, key/value head), with t = (head + ½)/Hkv running from local to
+/// retrieval heads, content strength A = 0.35 + 0.25·t and locality strength G = 1 − 0.45·t:
+/// - C = max(`clusters`, context/64) unit cluster centres c, chosen Zipf (P ∝ 1/(rank+1));
+/// - a context vector h(p) that drifts with position (AR(1), correlation length 32, N(0, 1) entries);
+/// - key p = (A·√D·c + ε)·a + G·h(p), with ε ~ N(0, I) and a log-normal norm a = exp(0.3·z);
+///   key 0 is an attention sink u·(ln(context) + 2), u a unit vector;
+/// - a query at position p for cluster c: A·√D·c + ε + G·h(p) + √D·u, so it scores about
+///   ln(context) + 2 on the sink, about A²·√D·a more on the keys of its cluster and up to G²·√D
+///   more on the last few dozen keys;
+/// - values N(0, 1).
+///
+/// The `prefillQueries` prefill queries per query head sit at random positions of the prompt,
+/// each for a Zipf-chosen cluster. The decode queries form a stream per query head: its current
+/// topic's centre, noise that drifts as an AR(1) process `n_t = ρ·n_{t−1} + √(1−ρ²)·ε_t`
+/// (ρ = `drift`, ε ~ N(0, I), so each query has the prefill queries' distribution), the context
+/// vector at the new position and the sink direction; with probability `topicSwitch` per step
+/// every head of a sequence picks a new topic. Each generated token's key is made like a prompt
+/// key for its group's current topic, at its position (so incremental inserts matter).
+///
+/// Measured at 128K, D = 128, Hq = 8, Hkv = 2 (seed 1, 32 steps, mean over decode queries): 90 %
+/// of a query's weight lies on 0.21 % of the keys (≈ 275 of 131K) and its top 100 keys hold 0.90
+/// of it; the earlier recipe (centres of norm 2·D^¼, keys = centre + N(0, 0.5²) noise, no
+/// locality or sink) spread it over thousands of keys of a cluster (the 100–2700 keys the methods
+/// attended held 4–8 % of it). Peaked is not easy to search, though: beyond the keys of its own
+/// cluster (often fewer than 100), a query's top keys are decided by inner products of
+/// independent 128-dimensional noise vectors (see docs/KV-SELECTION.md). `gaussian` uses N(0, 1) keys, values and prefill queries and the same AR(1) drift for
+/// the decode queries (attention close to uniform).
 public struct SelectionDecodeBench {
   /// The selection method.
   public enum Method: String, Sendable, CaseIterable, Codable {
@@ -113,6 +134,11 @@ public struct SelectionDecodeBench {
     public var attentionMass: Double
     /// TokenSelect: fraction of steps that reused the cached selection.
     public var selectionCacheHitRate: Double?
+    /// The data's concentration, whatever the method: the smallest fraction of the cached keys
+    /// holding 90 % of a decode query's exact softmax weight, and the weight on its top-`recallK`
+    /// keys, averaged over rows and measured steps.
+    public var keysFor90PercentMass: Double
+    public var topKMass: Double
   }
 
   public let config: Config
@@ -162,44 +188,110 @@ public struct SelectionDecodeBench {
       kvHeads: Hkv, headDim: D, pageSize: c.pageSize, pageCount: B * pagesPer, storage: c.storage))
     let sequences = (0..<B).map { _ in cache.createSequence() }
 
-    // Data: cluster centres per (sequence, kv head), Zipf weights.
+    // Data (see the type's documentation). Per (sequence, kv head): unit cluster centres, a sink
+    // direction, the content and locality strengths, and the context vector h's current value.
     let t0 = monotonicSeconds()
     var g = SeededGenerator(seed: c.seed)
     let structured = c.data == .structured
-    let radius = 2 * Foundation.pow(Double(D), 0.25)
-    var centres = [Float](repeating: 0, count: B * Hkv * c.clusters * D)
-    for i in 0..<(B * Hkv * c.clusters) {
-      var v = (0..<D).map { _ in g.nextNormal() }
-      let n = v.reduce(0) { $0 + $1 * $1 }.squareRoot()
-      v = v.map { $0 / n * radius }
-      for d in 0..<D { centres[i * D + d] = Float(v[d]) }
+    let rootD = Double(D).squareRoot()
+    let C = structured ? Swift.max(c.clusters, c.context / 64) : 1
+    func unit(_ g: inout SeededGenerator) -> [Float] {
+      let v = (0..<D).map { _ in g.nextNormal() }
+      let n = Swift.max(v.reduce(0) { $0 + $1 * $1 }.squareRoot(), 1e-12)
+      return v.map { Float($0 / n) }
+    }
+    var centres = [Float](repeating: 0, count: structured ? B * Hkv * C * D : 0)
+    var sinks = [Float](repeating: 0, count: B * Hkv * D)
+    var contextVector = [Float](repeating: 0, count: B * Hkv * D)
+    var strength: [(content: Float, locality: Float)] = []
+    if structured {
+      for i in 0..<(B * Hkv * C) { centres.replaceSubrange((i * D)..<((i + 1) * D), with: unit(&g)) }
+      for i in 0..<(B * Hkv) {
+        sinks.replaceSubrange((i * D)..<((i + 1) * D), with: unit(&g))
+        for d in 0..<D { contextVector[i * D + d] = Float(g.nextNormal()) }
+        let t = (Double(i % Hkv) + 0.5) / Double(Hkv)
+        strength.append((Float(0.35 + 0.25 * t), Float(1 - 0.45 * t)))
+      }
+    }
+    let contextRho = Float(1 - 1 / 32.0), contextFresh = (1 - contextRho * contextRho).squareRoot()
+    /// Moves h to the next position.
+    func advanceContext(_ bk: Int, _ g: inout SeededGenerator) {
+      for d in 0..<D { contextVector[bk * D + d] = contextRho * contextVector[bk * D + d] + contextFresh * Float(g.nextNormal()) }
     }
     var cdf: [Double] = []
-    let hsum = (0..<c.clusters).reduce(0.0) { $0 + 1 / Double($1 + 1) }
+    let hsum = (0..<C).reduce(0.0) { $0 + 1 / Double($1 + 1) }
     var acc = 0.0
-    for k in 0..<c.clusters { acc += 1 / Double(k + 1) / hsum; cdf.append(acc) }
+    for k in 0..<C { acc += 1 / Double(k + 1) / hsum; cdf.append(acc) }
     func pick(_ g: inout SeededGenerator) -> Int {
       let u = g.nextUnit()
-      var lo = 0, hi = c.clusters - 1
+      var lo = 0, hi = C - 1
       while lo < hi { let mid = (lo + hi) / 2; if cdf[mid] < u { lo = mid + 1 } else { hi = mid } }
       return lo
     }
-    func centre(_ b: Int, _ kv: Int, _ k: Int) -> Int { ((b * Hkv + kv) * c.clusters + k) * D }
+    func centre(_ b: Int, _ kv: Int, _ k: Int) -> Int { ((b * Hkv + kv) * C + k) * D }
+    /// Writes the key of position `pos` (cluster `k`) of (sequence b, kv head kv) at `p`; h must be at `pos`.
+    func structuredKey(_ b: Int, _ kv: Int, pos: Int, cluster k: Int, _ g: inout SeededGenerator, into p: UnsafeMutableBufferPointer<Float>, at o: Int) {
+      let bk = b * Hkv + kv
+      if pos == 0 {
+        // The sink: every query scores about ln(context) + 2 on it (after the 1/√D scale).
+        let score = Float(Foundation.log(Double(c.context)) + 2)
+        for d in 0..<D { p[o + d] = sinks[bk * D + d] * score }
+        return
+      }
+      let (A, G) = strength[bk]
+      let a = Float(Foundation.exp(0.3 * g.nextNormal()))
+      let ce = centre(b, kv, k)
+      for d in 0..<D {
+        p[o + d] = (A * Float(rootD) * centres[ce + d] + Float(g.nextNormal())) * a + G * contextVector[bk * D + d]
+      }
+    }
+    /// A query of (sequence b, kv head kv) for cluster `k` with noise `noise` (N(0, 1) entries); h at its position.
+    func structuredQuery(_ b: Int, _ kv: Int, cluster k: Int, noise: (Int) -> Float, into p: UnsafeMutableBufferPointer<Float>, at o: Int) {
+      let bk = b * Hkv + kv
+      let (A, G) = strength[bk]
+      let ce = centre(b, kv, k)
+      for d in 0..<D {
+        p[o + d] = A * Float(rootD) * centres[ce + d] + noise(d) + G * contextVector[bk * D + d] + Float(rootD) * sinks[bk * D + d]
+      }
+    }
+
+    // Prefill queries [Hq, Np, D] per sequence, at random positions of the prompt (sorted, so
+    // they are generated as the context vector passes them).
+    let Np = c.prefillQueries
+    var prefill: [Tensor] = (0..<B).map { _ in Tensor(shape: [Hq, Np, D], repeating: 0) }
+    var prefillAt: [[(pos: Int, head: Int, row: Int)]] = []  // per kv head of a sequence
+    for kv in 0..<Hkv {
+      var list: [(pos: Int, head: Int, row: Int)] = []
+      for x in 0..<G { for i in 0..<Np { list.append((Int(g.next() % UInt64(c.context)), kv * G + x, i)) } }
+      list.sort { $0.pos < $1.pos || ($0.pos == $1.pos && ($0.head, $0.row) < ($1.head, $1.row)) }
+      prefillAt.append(list)
+    }
 
     // Fill the context, a chunk at a time.
-    progress("filling the cache: \(B) × \(c.context) tokens, Hkv=\(Hkv), D=\(D), \(c.storage.rawValue)")
+    progress("filling the cache: \(B) × \(c.context) tokens, Hkv=\(Hkv), D=\(D), \(c.storage.rawValue), \(c.data.rawValue) data")
     let chunk = 4096
     for (b, s) in sequences.enumerated() {
       var done = 0
+      var nextPrefill = [Int](repeating: 0, count: Hkv)
       while done < c.context {
         let n = min(chunk, c.context - done)
-        let keys = Tensor(shape: [Hkv, n, D]) { p in
+        var keys = Tensor(shape: [Hkv, n, D], repeating: 0)
+        keys.withUnsafeMutableBufferPointer { p in
           for h in 0..<Hkv {
             for j in 0..<n {
-              let o = (h * n + j) * D
+              let o = (h * n + j) * D, pos = done + j
               if structured {
-                let ce = centre(b, h, pick(&g))
-                for d in 0..<D { p[o + d] = centres[ce + d] + Float(0.5 * g.nextNormal()) }
+                if pos > 0 { advanceContext(b * Hkv + h, &g) }
+                structuredKey(b, h, pos: pos, cluster: pick(&g), &g, into: p, at: o)
+                // The prefill queries at this position.
+                let list = prefillAt[h]
+                prefill[b].withUnsafeMutableBufferPointer { qp in
+                  while nextPrefill[h] < list.count && list[nextPrefill[h]].pos == pos {
+                    let e = list[nextPrefill[h]]
+                    structuredQuery(b, h, cluster: pick(&g), noise: { _ in Float(g.nextNormal()) }, into: qp, at: (e.head * Np + e.row) * D)
+                    nextPrefill[h] += 1
+                  }
+                }
               } else {
                 for d in 0..<D { p[o + d] = Float(g.nextNormal()) }
               }
@@ -210,22 +302,8 @@ public struct SelectionDecodeBench {
         try cache.append(s, keys: keys, values: values)
         done += n
       }
-    }
-    // Prefill queries [Hq, Np, D] per sequence.
-    let Np = c.prefillQueries
-    let prefill: [Tensor] = (0..<B).map { b in
-      Tensor(shape: [Hq, Np, D]) { p in
-        for h in 0..<Hq {
-          for i in 0..<Np {
-            let o = (h * Np + i) * D
-            if structured {
-              let ce = centre(b, h / G, pick(&g))
-              for d in 0..<D { p[o + d] = centres[ce + d] + Float(0.5 * g.nextNormal()) }
-            } else {
-              for d in 0..<D { p[o + d] = Float(g.nextNormal()) }
-            }
-          }
-        }
+      if !structured {
+        prefill[b].withUnsafeMutableBufferPointer { p in for i in p.indices { p[i] = Float(g.nextNormal()) } }
       }
     }
     let setupSeconds = monotonicSeconds() - t0
@@ -246,11 +324,12 @@ public struct SelectionDecodeBench {
       indexBytes = r.memoryBytes
     }
 
-    // Decode stream state: topic per (sequence, head), noise per (sequence, head).
+    // Decode stream state: topic per (sequence, head), noise per (sequence, head) with N(0, 1)
+    // entries (as the prefill queries' noise).
     var topic = [Int](repeating: 0, count: B * Hq)
     var noise = [Float](repeating: 0, count: B * Hq * D)
-    for i in 0..<(B * Hq) { topic[i] = pick(&g) }
-    for i in noise.indices { noise[i] = Float((structured ? 0.5 : 1) * g.nextNormal()) }
+    for i in 0..<(B * Hq) { topic[i] = structured ? pick(&g) : 0 }
+    for i in noise.indices { noise[i] = Float(g.nextNormal()) }
     let rho = Float(c.drift), fresh = Float((1 - c.drift * c.drift).squareRoot())
 
     let exact = try SplitKVAttention()
@@ -262,29 +341,41 @@ public struct SelectionDecodeBench {
     var recallA = 0.0, recallS = 0.0, recallSCount = 0.0, recallACount = 0.0
     var hits = 0, decisions = 0
     var mass = 0.0, massCount = 0.0
+    var keys90 = 0.0, topMass = 0.0, concentrationRows = 0.0
     progress("decoding: \(c.warmup) warm-up + \(c.steps) measured steps")
     for step in 0..<(c.warmup + c.steps) {
-      // New token for every sequence, near its group's topic.
+      // New token for every sequence, near its group's topic; the context vector moves on.
       for (b, s) in sequences.enumerated() {
+        let pos = c.context + step
         if structured && g.nextUnit() < c.topicSwitch {
           for h in 0..<Hq { topic[b * Hq + h] = pick(&g) }
         }
-        let k = Tensor(shape: [Hkv, 1, D]) { p in
+        var k = Tensor(shape: [Hkv, 1, D], repeating: 0)
+        k.withUnsafeMutableBufferPointer { p in
           for kv in 0..<Hkv {
-            let ce = centre(b, kv, topic[b * Hq + kv * G])
-            for d in 0..<D { p[kv * D + d] = structured ? centres[ce + d] + Float(0.5 * g.nextNormal()) : Float(g.nextNormal()) }
+            if structured {
+              advanceContext(b * Hkv + kv, &g)
+              structuredKey(b, kv, pos: pos, cluster: topic[b * Hq + kv * G], &g, into: p, at: kv * D)
+            } else {
+              for d in 0..<D { p[kv * D + d] = Float(g.nextNormal()) }
+            }
           }
         }
         let v = Tensor(shape: [Hkv, 1, D]) { p in for i in p.indices { p[i] = Float(g.nextNormal()) } }
         try cache.append(s, keys: k, values: v)
       }
-      // Queries: topic centre + drifting noise.
-      for i in noise.indices { noise[i] = rho * noise[i] + fresh * Float((structured ? 0.5 : 1) * g.nextNormal()) }
-      let q = Tensor(shape: [B, Hq, 1, D]) { p in
+      // Queries: (structured) topic centre + drifting noise + context vector + sink direction.
+      for i in noise.indices { noise[i] = rho * noise[i] + fresh * Float(g.nextNormal()) }
+      var q = Tensor(shape: [B, Hq, 1, D], repeating: 0)
+      q.withUnsafeMutableBufferPointer { p in
         for b in 0..<B {
           for h in 0..<Hq {
-            let ce = centre(b, h / G, topic[b * Hq + h])
-            for d in 0..<D { p[(b * Hq + h) * D + d] = (structured ? centres[ce + d] : 0) + noise[(b * Hq + h) * D + d] }
+            let o = (b * Hq + h) * D
+            if structured {
+              structuredQuery(b, h / G, cluster: topic[b * Hq + h], noise: { noise[o + $0] }, into: p, at: o)
+            } else {
+              for d in 0..<D { p[o + d] = noise[o + d] }
+            }
           }
         }
       }
@@ -355,6 +446,12 @@ public struct SelectionDecodeBench {
           massCount += 1
         }
       }
+      for r in try SelectionMetrics.concentration(queries: q, cache: cache, layer: 0, sequences: sequences, mass: 0.9, k: c.recallK,
+                                                   threads: c.threads) {
+        keys90 += r.keysForMass
+        topMass += r.topKMass
+        concentrationRows += 1
+      }
       let truth = try SelectionMetrics.exactTopKeys(queries: q, cache: cache, layer: 0, sequences: sequences, k: c.recallK, threads: c.threads)
       for (r, t) in truth.enumerated() {
         recallA += SelectionMetrics.recall(truth: t, selected: attended[r])
@@ -389,6 +486,7 @@ public struct SelectionDecodeBench {
       recallAttended: recallA / max(1, recallACount), recallSearch: retrieval != nil ? recallS / max(1, recallSCount) : nil,
       recallK: c.recallK, relativeError: errDen > 0 ? (errNum / errDen).squareRoot() : errNum.squareRoot(),
       attentionMass: mass / max(1, massCount),
-      selectionCacheHitRate: tokenSelect != nil ? Double(hits) / Double(max(1, decisions)) : nil)
+      selectionCacheHitRate: tokenSelect != nil ? Double(hits) / Double(max(1, decisions)) : nil,
+      keysFor90PercentMass: keys90 / max(1, concentrationRows), topKMass: topMass / max(1, concentrationRows))
   }
 }

@@ -162,11 +162,14 @@ extension ProximityGraph {
   /// traversal, as in the single search. `Found.scanned` is the number of keys read (the same
   /// for every query).
   ///
+  /// `seeds` (the previous step's results of the group's queries) are scored for every query with
+  /// the entry points.
+  ///
   /// With `patience` > 0 a query stops expanding once `patience` of its turns in a row brought no
   /// new candidate into its top `k` (adaptive early termination; 0: expand the whole pool).
   func searchGroup(
     _ queries: [UnsafePointer<Float>], keys: RowSource, k: Int, width: Int, allowed: Range<Int>, scratch: GroupScratch,
-    patience: Int = 0
+    patience: Int = 0, seeds: [Int32] = []
   ) -> [Found] {
     let n = count, G = queries.count
     if n == 0 || k == 0 || allowed.isEmpty || G == 0 { return Array(repeating: Found(ids: [], scores: [], scanned: 0), count: G) }
@@ -199,16 +202,19 @@ extension ProximityGraph {
 
     // Entry points, in chunks of the fresh buffer.
     var fresh = 0
-    for e in entries where Int(e) < n && visited[Int(e)] != epoch {
-      visited[Int(e)] = epoch
-      freshIds[fresh] = e
-      fresh += 1
-      if fresh == FS {
-        scoreAndOffer(fresh, &pools)
-        fresh = 0
+    for list in [seeds, entries] {
+      for e in list where e >= 0 && Int(e) < n && visited[Int(e)] != epoch {
+        visited[Int(e)] = epoch
+        freshIds[fresh] = e
+        fresh += 1
+        if fresh == FS {
+          scoreAndOffer(fresh, &pools)
+          fresh = 0
+        }
       }
     }
     scoreAndOffer(fresh, &pools)
+    for g in 0..<G { pools[g].stale = 0 }
 
     var progressed = true
     while progressed {

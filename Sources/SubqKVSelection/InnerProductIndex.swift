@@ -138,14 +138,26 @@ public struct InnerProductIndex: Sendable {
 
   /// Approximate search: the `k` keys with the largest inner product with `query` (`[D]`),
   /// found by a beam search with a pool of `width` (≥ k; larger finds more, scans more).
-  public func search(_ query: Tensor, k: Int, width: Int) throws(SubqError) -> SearchResult {
+  ///
+  /// - Parameters:
+  ///   - seeds: key ids scored and put in the pool before the search starts, with the entry
+  ///     points (a warm start, e.g. the previous answer for a query that moved a little); a seed
+  ///     among the true top `k` is always returned.
+  ///   - patience: stop once this many expansions in a row brought no new key into the top `k`
+  ///     (0: expand the whole pool).
+  public func search(_ query: Tensor, k: Int, width: Int, seeds: [Int] = [], patience: Int = 0) throws(SubqError) -> SearchResult {
     try checkQuery(query, k: k, op: "index.search")
     if width < 1 { throw .argument(op: "index.search", name: "width", value: "\(width)", reason: "must be at least 1") }
+    if patience < 0 { throw .argument(op: "index.search", name: "patience", value: "\(patience)", reason: "must be ≥ 0") }
+    if let bad = seeds.first(where: { $0 < 0 || $0 >= count }) {
+      throw .argument(op: "index.search", name: "seeds", value: "\(bad)", reason: "must be key ids in 0..<\(count)")
+    }
+    let seedIds = seeds.map { Int32($0) }
     let scratch = ProximityGraph.Scratch(dim: dimension)
     let f = keys.withUnsafeBufferPointer { kb in
       query.withUnsafeBufferPointer { q in
         graph.search(q.baseAddress!, keys: .contiguous(kb.baseAddress!, count: count, width: dimension, stride: dimension),
-                     k: k, width: Swift.max(width, k), allowed: 0..<count, scratch: scratch)
+                     k: k, width: Swift.max(width, k), allowed: 0..<count, scratch: scratch, seeds: seedIds, patience: patience)
       }
     }
     return SearchResult(ids: f.ids.map(Int.init), scores: f.scores, scanned: f.scanned)

@@ -202,6 +202,14 @@ struct ProximityGraph: Sendable {
     var ids: [Int32]
     var scores: [Float]
     var scanned: Int
+
+    /// Keeps the best `k` results.
+    mutating func keepBest(_ k: Int) {
+      if ids.count > k {
+        ids.removeLast(ids.count - k)
+        scores.removeLast(scores.count - k)
+      }
+    }
   }
 
   /// Beam search for the `k` ids in `allowed` (and ≠ `skip`) with the largest inner product with
@@ -211,8 +219,14 @@ struct ProximityGraph: Sendable {
   /// rank among them (they are expanded — they may lead to allowed keys — but never returned). The
   /// search repeatedly expands the best unexpanded pool entry, scoring its neighbours not seen
   /// before, until every pool entry is expanded.
+  ///
+  /// `seeds` (e.g. the previous decode step's results for a slowly drifting query) are scored and
+  /// offered to the pool with the entry points, so the search starts next to its answer. With
+  /// `patience` > 0 the search stops once `patience` expansions in a row brought no candidate
+  /// into its top `k` (0: expand the whole pool).
   func search(
-    _ query: UnsafePointer<Float>, keys: RowSource, k: Int, width: Int, allowed: Range<Int>, scratch: Scratch, skip: Int32 = -1
+    _ query: UnsafePointer<Float>, keys: RowSource, k: Int, width: Int, allowed: Range<Int>, scratch: Scratch, skip: Int32 = -1,
+    seeds: [Int32] = [], patience: Int = 0
   ) -> Found {
     let n = count
     if n == 0 || k == 0 || allowed.isEmpty { return Found(ids: [], scores: [], scanned: 0) }
@@ -227,15 +241,31 @@ struct ProximityGraph: Sendable {
     let freshIds = scratch.freshIds, freshScores = scratch.freshScores
     var scanned = 0
     var pool = Pool(scores: ps, ids: pid, done: pex, ef: ef, lo: lo, hi: hi, top: k, skip: skip)
-    for e in entries where Int(e) < n && visited[Int(e)] != epoch {
-      visited[Int(e)] = epoch
-      scanned += 1
-      _ = pool.offer(rowDot(q, keys, Int(e)), e)
+    // Seeds, then entry points: scored in chunks of the fresh buffer (prefetched together).
+    var fresh0 = 0
+    func flush() {
+      prefetchRows(keys, ids: freshIds, count: fresh0)
+      rowDots(q, keys, ids: freshIds, count: fresh0, out: freshScores)
+      scanned += fresh0
+      for x in 0..<fresh0 { _ = pool.offer(freshScores[x], freshIds[x]) }
+      fresh0 = 0
     }
+    for list in [seeds, entries] {
+      for e in list where e >= 0 && Int(e) < n && visited[Int(e)] != epoch {
+        visited[Int(e)] = epoch
+        freshIds[fresh0] = e
+        fresh0 += 1
+        if fresh0 == stride { flush() }
+      }
+    }
+    flush()
+    pool.stale = 0
     var i = 0
     while i < pool.size {
       var next = pool.size
       if !pex[i] {
+        if patience > 0 && pool.stale >= patience { break }
+        pool.stale += 1
         pex[i] = true
         let node = Int(pid[i])
         let e0 = node * stride

@@ -21,7 +21,11 @@ import SubqDecoding
 /// its own candidate pool (see docs/KV-SELECTION.md). It is faster (2.0× vs 1.5× exact decoding at
 /// 128K) but not the default: on small, hard sets a single query head's recall can fall far below
 /// what its own search finds (0.23 against 0.63 was seen), while the default per-head search
-/// gives every head its own traversal. With ``Configuration/halfPrecisionSearch``
+/// gives every head its own traversal. With ``Configuration/warmStart`` (the default) each query
+/// head's search also starts from its previous step's best ``Configuration/carry`` candidates —
+/// consecutive decode queries are close, so their top keys overlap (80–90 % from one step to the
+/// next on the benchmark's structured data) — and ``Configuration/patience`` can then stop it
+/// early. With ``Configuration/halfPrecisionSearch``
 /// (the default) a Float32 cache's keys are searched on a Float16 copy kept with the index and the
 /// best candidates re-scored exactly. The static set is shared by the group.
 ///
@@ -59,9 +63,17 @@ public final class RetrievalDecoder {
     /// scanned key; a Float16 cache is searched in place, so this only matters for Float32
     /// caches) and re-score the best `topK + topK/8 + 8` candidates on the cache's keys.
     public var halfPrecisionSearch = true
-    /// Grouped search: a query stops expanding once this many of its turns in a row brought no
-    /// new key into its top candidates (0: expand the whole pool of `searchWidth`).
+    /// A search (or, grouped, a query of the group) stops expanding once this many of its
+    /// expansions in a row brought no new key into its top candidates (0: expand the whole pool
+    /// of `searchWidth`).
     public var patience = 0
+    /// Start each query head's search from its previous step's results as well as from the
+    /// entry points (decode queries drift slowly, so the last answer is next to the new one).
+    public var warmStart = true
+    /// With ``warmStart``: how many of each search's best candidates (by its search scores) seed
+    /// the same query head's next search (at least `topK` are kept). The seeds are scored again
+    /// at the next step and count as scanned keys.
+    public var carry = 512
     /// Prefill queries sampled per key/value head to build its graph.
     public var buildQueries = 4096
     /// Exact top keys linked to each sampled query (K_q).
@@ -83,13 +95,10 @@ public final class RetrievalDecoder {
       let checks: [(String, Int, Int)] = [
         ("sink", sinkTokens, 0), ("patience", patience, 0), ("window", windowTokens, 0), ("top-k", topK, 0), ("width", searchWidth, 1),
         ("build-queries", buildQueries, 1), ("query-neighbors", queryNeighbors, 1), ("degree", degree, 2),
-        ("build-width", buildWidth, 1), ("entry-points", entryPoints, 1),
+        ("build-width", buildWidth, 1), ("entry-points", entryPoints, 1), ("carry", carry, 0),
       ]
       for (name, v, lo) in checks where v < lo || v > 1 << 30 {
         throw .argument(op: op, name: name, value: "\(v)", reason: "must be in \(lo)...\(1 << 30)")
-      }
-      if patience > 0 && !groupedSearch {
-        throw .argument(op: op, name: "patience", value: "\(patience)", reason: "applies to the grouped search only (grouped=false)")
       }
       if !(alpha >= 1 && alpha <= 4) { throw .argument(op: op, name: "alpha", value: "\(alpha)", reason: "must be in 1...4") }
     }
@@ -109,7 +118,9 @@ public final class RetrievalDecoder {
       MethodParameter("width", default: "512", "beam-search pool width (ef)"),
       MethodParameter("exact", default: "false", "scan every key instead of searching the graph"),
       MethodParameter("half-search", default: "true", "search on a Float16 copy of Float32 keys, re-scoring the best candidates exactly"),
-      MethodParameter("patience", default: "0", "grouped search: stop a query after this many expansions without a new top-k candidate (0: off)"),
+      MethodParameter("patience", default: "0", "stop a search after this many expansions without a new top-k candidate (0: off)"),
+      MethodParameter("warm-start", default: "true", "also start each query head's search from its previous step's best candidates"),
+      MethodParameter("carry", default: "512", "warm start: best candidates of a search kept as seeds of the head's next search (≥ top-k used)"),
       MethodParameter("grouped", default: "false", "one graph traversal per kv head for its GQA group of query heads (false: one per query head)"),
       MethodParameter("build-queries", default: "4096", "prefill queries sampled per kv head to build the graph"),
       MethodParameter("query-neighbors", default: "64", "exact top keys linked to each sampled query (K_q)"),
@@ -134,6 +145,8 @@ public final class RetrievalDecoder {
     c.groupedSearch = try parameters.bool("grouped", info)
     c.halfPrecisionSearch = try parameters.bool("half-search", info)
     c.patience = try parameters.int("patience", info, in: big)
+    c.warmStart = try parameters.bool("warm-start", info)
+    c.carry = try parameters.int("carry", info, in: big)
     c.buildQueries = try parameters.int("build-queries", info, in: 1...(1 << 30))
     c.queryNeighbors = try parameters.int("query-neighbors", info, in: 1...(1 << 30))
     c.degree = try parameters.int("degree", info, in: 2...(1 << 20))
@@ -148,7 +161,7 @@ public final class RetrievalDecoder {
   public var parameterValues: [String: String] {
     let c = configuration
     return ["sink": "\(c.sinkTokens)", "window": "\(c.windowTokens)", "top-k": "\(c.topK)", "width": "\(c.searchWidth)",
-            "exact": "\(c.exactSearch)", "grouped": "\(c.groupedSearch)", "half-search": "\(c.halfPrecisionSearch)", "patience": "\(c.patience)", "build-queries": "\(c.buildQueries)", "query-neighbors": "\(c.queryNeighbors)",
+            "exact": "\(c.exactSearch)", "grouped": "\(c.groupedSearch)", "half-search": "\(c.halfPrecisionSearch)", "patience": "\(c.patience)", "warm-start": "\(c.warmStart)", "carry": "\(c.carry)", "build-queries": "\(c.buildQueries)", "query-neighbors": "\(c.queryNeighbors)",
             "degree": "\(c.degree)", "build-width": "\(c.buildWidth)", "entry-points": "\(c.entryPoints)", "alpha": "\(c.alpha)", "seed": "\(c.seed)"]
   }
 
@@ -167,6 +180,8 @@ public final class RetrievalDecoder {
       self.halves = halves
       self.indexed = indexed
     }
+    /// The last step's retrieved ids per query head (the seeds of ``Configuration/warmStart``).
+    var previous: [[Int32]] = []
     var memoryBytes: Int { graphs.reduce(0) { $0 + $1.memoryBytes } + (halves ?? []).reduce(0) { $0 + $1.memoryBytes } }
   }
   struct Key: Hashable { var sequence: Int; var layer: Int }
@@ -312,7 +327,9 @@ public final class RetrievalDecoder {
   /// Gives `child` (a ``PagedKVCache/fork(_:)`` of `parent`) its own copy of `parent`'s indexes.
   public func fork(_ parent: PagedKVCache.SequenceID, as child: PagedKVCache.SequenceID) {
     for (k, e) in indexes where k.sequence == parent.rawValue {
-      indexes[Key(sequence: child.rawValue, layer: k.layer)] = Index(graphs: e.graphs, halves: e.halves?.map { $0.copy() }, indexed: e.indexed)
+      let copy = Index(graphs: e.graphs, halves: e.halves?.map { $0.copy() }, indexed: e.indexed)
+      copy.previous = e.previous
+      indexes[Key(sequence: child.rawValue, layer: k.layer)] = copy
     }
   }
 
@@ -341,6 +358,10 @@ public final class RetrievalDecoder {
     public var keysInserted = 0
     /// Keys scored while linking them.
     public var insertScanned = 0
+    /// Seed ids given to the searches (``Configuration/warmStart``: the previous step's best
+    /// candidates of each query head), summed over searched rows. They are scored again, so they
+    /// are part of ``keysScanned`` (once per traversal that had not reached them yet).
+    public var seedKeys = 0
 
     /// Fraction of the cached keys a traversal read, averaged over traversals (with grouped
     /// search: per key/value head and step, for all the group's query heads together).
@@ -479,11 +500,23 @@ public final class RetrievalDecoder {
     let rowTasks = tasks, indexList = idx, srcs = sources
     // With Float16 search rows: the candidates re-scored on the cache's keys.
     let searchK = c.topK + c.topK / 8 + 8
+    // With warm start each search returns its best `keep` candidates: they seed the next step,
+    // the first `searchK` (Float16 rows) or `topK` of them are the answer.
+    var carried = [[Int32]](repeating: [], count: tasks.count)
+    /// A row's seeds: its head's results of the previous step.
+    let previous = idx.map(\.previous)
+    @Sendable func seedsFor(_ t: RowTask) -> [Int32] { t.h < previous[t.b].count ? previous[t.b][t.h] : [] }
+    let carryCount = c.carry
+    @Sendable func keepFor(_ answer: Int) -> Int { c.warmStart ? Swift.max(answer, carryCount) : answer }
+    if c.warmStart && !c.exactSearch {
+      for t in tasks where t.allowed.count > c.topK { stats.seedKeys += seedsFor(t).count }
+    }
     queries.withUnsafeBufferPointer { qb in
       let qp = SendablePointer(qb.baseAddress!)
       found.withUnsafeMutableBufferPointer { fb in
         scannedPer.withUnsafeMutableBufferPointer { sb in
-          let fp = SendablePointer(fb.baseAddress!), sp = SendablePointer(sb.baseAddress!)
+         carried.withUnsafeMutableBufferPointer { cb in
+          let fp = SendablePointer(fb.baseAddress!), sp = SendablePointer(sb.baseAddress!), cp = SendablePointer(cb.baseAddress!)
           if grouped {
             // One traversal per (sequence, kv head, query position) for the group's query heads.
             Parallel.forEach(groupList.count, threads: workers) { t, worker in
@@ -494,9 +527,15 @@ public final class RetrievalDecoder {
               let keys = srcs[lead.b * Hkv + g].keys
               let qs = rows.map { UnsafePointer(qp.pointer + p.queryRows.offset(batch: seq.batch, head: rowTasks[$0].h, row: seq.queryStart + lead.i)) }
               let half = indexList[lead.b].halves?[g]
-              var fs = indexList[lead.b].graphs[g].searchGroup(qs, keys: half?.source ?? keys, k: half == nil ? c.topK : searchK,
+              let answer = half == nil ? c.topK : searchK
+              var fs = indexList[lead.b].graphs[g].searchGroup(qs, keys: half?.source ?? keys, k: keepFor(answer),
                                                                width: Swift.max(c.searchWidth, c.topK), allowed: lead.allowed,
-                                                               scratch: groupScratches[worker], patience: c.patience)
+                                                               scratch: groupScratches[worker], patience: c.patience,
+                                                               seeds: c.warmStart ? rows.flatMap { seedsFor(rowTasks[$0]) } : [])
+              for (x, n) in rows.enumerated() {
+                if c.warmStart { cp.pointer[n] = fs[x].ids }
+                fs[x].keepBest(answer)
+              }
               // The traversal's keys once, plus each query's re-scored candidates.
               let traversal = fs[0].scanned
               var scannedAll = traversal
@@ -532,15 +571,29 @@ public final class RetrievalDecoder {
               sp.pointer[n] = f.scanned
             } else {
               let half = indexList[task.b].halves?[g]
-              var f = indexList[task.b].graphs[g].search(query, keys: half?.source ?? keys, k: half == nil ? c.topK : searchK,
+              let answer = half == nil ? c.topK : searchK
+              var f = indexList[task.b].graphs[g].search(query, keys: half?.source ?? keys, k: keepFor(answer),
                                                          width: Swift.max(c.searchWidth, c.topK), allowed: task.allowed,
-                                                         scratch: scratches[worker])
+                                                         scratch: scratches[worker], seeds: c.warmStart ? seedsFor(task) : [],
+                                                         patience: c.patience)
+              if c.warmStart { cp.pointer[n] = f.ids }
+              f.keepBest(answer)
               if half != nil { f.rescore(query, keys: keys, k: c.topK) }
               fp.pointer[n] = f.ids.sorted()
               sp.pointer[n] = f.scanned
             }
           }
+         }
         }
+      }
+    }
+    // Each query head's last row's results seed its next search.
+    if c.warmStart {
+      for b in 0..<sequences.count where idx[b].previous.count != p.queryHeads {
+        idx[b].previous = Array(repeating: [], count: p.queryHeads)
+      }
+      for (n, t) in tasks.enumerated() where t.i == p.sequences[t.b].queryCount - 1 {
+        idx[t.b].previous[t.h] = carried[n].isEmpty ? found[n] : carried[n]
       }
     }
     for (n, t) in tasks.enumerated() {

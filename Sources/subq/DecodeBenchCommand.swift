@@ -44,9 +44,10 @@ struct DecodeBenchCommand: ParsableCommand {
       which goes first. Reports step latency (wall and processor time) of both and the speed-up, the fraction of cached \
       keys the method scanned (scored or searched) and touched, recall of each query's true top --recall-k keys, \
       relative output error against exact decoding, the exact softmax mass on the attended keys, index build time and \
-      memory, and TokenSelect's selection-cache hit rate. Method parameters (--param name=value): tokenselect: top-k, \
-      init, local, cache, threshold; retrieval: sink, window, top-k, width, exact, build-queries, query-neighbors, \
-      degree, build-width, entry-points, seed. Options: --steps, --warmup, --data, --clusters, --prefill-queries, \
+      memory, TokenSelect's selection-cache hit rate, and the data's concentration (keys holding 90% of a query's \
+      weight, weight on its top --recall-k keys). Method parameters (--param name=value): tokenselect: top-k, \
+      init, local, cache, threshold; retrieval: sink, window, top-k, width, exact, grouped, half-search, patience, \
+      warm-start, carry, build-queries, query-neighbors, degree, build-width, entry-points, alpha, seed. Options: --steps, --warmup, --data, --clusters, --prefill-queries, \
       --drift, --topic-switch, --recall-k. Several --context lengths give one report each.
 
       An option that does not apply to the chosen method is an error.
@@ -76,8 +77,8 @@ struct DecodeBenchCommand: ParsableCommand {
   // tokenselect and retrieval only.
   @Option(help: "Selection: measured decode steps (default 32).") var steps: Int?
   @Option(help: "Selection: unmeasured decode steps first (default 2).") var warmup: Int?
-  @Option(help: "Selection: data, structured (clustered keys, queries near centres; default) or gaussian.") var data: DataKind?
-  @Option(help: "Selection: clusters per kv head, structured data (default 64).") var clusters: Int?
+  @Option(help: "Selection: data, structured (ProblemData's recipe: content clusters, locality, a sink; default) or gaussian.") var data: DataKind?
+  @Option(help: "Selection: content clusters per kv head for structured data, at least context/64 (default 64).") var clusters: Int?
   @Option(name: .customLong("prefill-queries"), help: "Selection: prefill queries per query head; the retrieval index samples from them (default 1024).")
   var prefillQueries: Int?
   @Option(help: "Selection: AR(1) coefficient of the decode queries' drift, 0…1 (default 0.99).") var drift: Double?
@@ -247,6 +248,8 @@ struct DecodeBenchCommand: ParsableCommand {
       if let s = r.recallSearch { t.add(["top-\(r.recallK) recall (search, sink/window excluded)", String(format: "%.3f", s)]) }
       t.add(["output relative error vs exact", String(format: "%.3e", r.relativeError)])
       t.add(["exact softmax mass on attended keys", String(format: "%.3f", r.attentionMass)])
+      t.add(["data: keys holding 90% of a query's weight", String(format: "%.2f%%", 100 * r.keysFor90PercentMass)])
+      t.add(["data: weight on a query's top-\(r.recallK) keys", String(format: "%.3f", r.topKMass)])
       if let h = r.selectionCacheHitRate { t.add(["selection-cache hit rate", String(format: "%.1f%%", 100 * h)]) }
       if let b = r.buildSeconds { t.add(["index build", formatSeconds(b) + (r.buildQueries.map { " (\($0) queries per kv head)" } ?? "")]) }
       if let m = r.indexBytes { t.add(["index memory (graphs)", formatBytes(Double(m))]) }

@@ -184,6 +184,86 @@ struct RetrievalTests {
     for (x, h) in [0, 2].enumerated() { #expect(r2.retrievedKeys![h].contains(late[x]), "late needle \(late[x]) of head \(h) missed, seed \(seed)") }
   }
 
+  @Test("warm start: a step seeded with the previous step's results finds at least what it found; off, steps are independent",
+        arguments: [false, true])
+  func warmStart(grouped: Bool) throws {
+    let seed = testSeed(31)
+    let (hq, hkv, n, d) = (4, 2, 3000, 32)
+    let (k, pq) = clustered(hq: hq, hkv: hkv, n: n, m: 200, d: d, seed: seed)
+    let v = Tensor.randomNormal(shape: [1, hkv, n, d], seed: seed + 1)
+    let (cache, seqs) = try makeCache(keys: [k], values: [v], pageSize: 64)
+    let (_, q) = clustered(hq: hq, hkv: hkv, n: 1, m: 1, d: d, seed: seed + 2)
+    let truth = try SelectionMetrics.exactTopKeys(queries: q, cache: cache, layer: 0, sequences: seqs, k: 30, excludingFirst: 4, excludingLast: 16)
+    func hits(_ s: RetrievalDecoder.Step) -> [Int] { (0..<hq).map { Set(s.retrievedKeys![$0]).intersection(truth[$0]).count } }
+    let options = AttentionOptions(causal: true, returnLSE: true)
+    for warm in [false, true] {
+      // The narrowest pool (width = top-k: recall well below 1 on this set) and Float32 search
+      // rows (scores exact, so a seed that made the top 30 keeps its place unless 30 better keys
+      // are found).
+      var c = config(topK: 30, width: 30, buildQueries: 400)
+      c.groupedSearch = grouped
+      c.halfPrecisionSearch = false
+      c.warmStart = warm
+      c.carry = 30
+      let dec = try RetrievalDecoder(configuration: c)
+      try dec.buildIndex(cache: cache, layer: 0, sequence: seqs[0], prefillQueries: pq)
+      var steps: [RetrievalDecoder.Step] = []
+      for _ in 0..<4 { steps.append(try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: options, recordKeys: true)) }
+      if warm {
+        // Same query, same keys: each step starts from the last one's 30 best candidates (its
+        // answer), and a key of the true top 30 in the pool is never pushed out (fewer than 30
+        // keys beat it), so no head loses a hit from step to step.
+        for s in 1..<4 {
+          for h in 0..<hq { #expect(hits(steps[s])[h] >= hits(steps[s - 1])[h], "step \(s), head \(h), grouped \(grouped), seed \(seed)") }
+          #expect(steps[s].statistics.seedKeys == 30 * hq, "\(steps[s].statistics)")
+        }
+        #expect(steps[0].statistics.seedKeys == 0)
+      } else {
+        for s in 1..<4 {
+          #expect(steps[s].retrievedKeys! == steps[0].retrievedKeys! && steps[s].result.output == steps[0].result.output)
+          #expect(steps[s].statistics.keysScanned == steps[0].statistics.keysScanned && steps[s].statistics.seedKeys == 0)
+        }
+      }
+    }
+    // A fork carries the seeds: its next step equals the parent's.
+    var c = config(topK: 30, width: 40, buildQueries: 400)
+    c.groupedSearch = grouped
+    let dec = try RetrievalDecoder(configuration: c)
+    try dec.buildIndex(cache: cache, layer: 0, sequence: seqs[0], prefillQueries: pq)
+    _ = try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: options)
+    let child = try cache.fork(seqs[0])
+    dec.fork(seqs[0], as: child)
+    let a = try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: options, recordKeys: true)
+    let b = try dec.step(queries: q, cache: cache, layer: 0, sequences: [child], options: options, recordKeys: true)
+    #expect(a.retrievedKeys! == b.retrievedKeys!)
+  }
+
+  @Test("early termination (patience) in the per-head search scans less and still returns top-k results")
+  func patiencePerHead() throws {
+    let seed = testSeed(32)
+    let (hq, hkv, n, d) = (4, 2, 3000, 32)
+    let (k, pq) = clustered(hq: hq, hkv: hkv, n: n, m: 200, d: d, seed: seed)
+    let v = Tensor.randomNormal(shape: [1, hkv, n, d], seed: seed + 1)
+    let (cache, seqs) = try makeCache(keys: [k], values: [v], pageSize: 64)
+    let (_, q) = clustered(hq: hq, hkv: hkv, n: 1, m: 1, d: d, seed: seed + 2)
+    let truth = try SelectionMetrics.exactTopKeys(queries: q, cache: cache, layer: 0, sequences: seqs, k: 30, excludingFirst: 4, excludingLast: 16)
+    func run(_ patience: Int) throws -> RetrievalDecoder.Step {
+      var c = config(topK: 30, width: 300, buildQueries: 400)
+      c.patience = patience
+      let dec = try RetrievalDecoder(configuration: c)
+      try dec.buildIndex(cache: cache, layer: 0, sequence: seqs[0], prefillQueries: pq)
+      return try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: AttentionOptions(causal: true), recordKeys: true)
+    }
+    let full = try run(0), early = try run(4), mild = try run(1000)
+    #expect(early.statistics.keysScanned < full.statistics.keysScanned, "\(early.statistics) vs \(full.statistics)")
+    #expect(early.retrievedKeys!.allSatisfy { $0.count == 30 })
+    // A patience longer than the search changes nothing.
+    #expect(mild.retrievedKeys! == full.retrievedKeys! && mild.statistics.keysScanned == full.statistics.keysScanned)
+    var recall = 0.0
+    for h in 0..<hq { recall += Double(Set(early.retrievedKeys![h]).intersection(truth[h]).count) / 30 / Double(hq) }
+    #expect(recall >= 0.3, "recall \(recall) with patience 4, seed \(seed)")
+  }
+
   @Test func decodingIsDeterministicForASeed() throws {
     let seed = testSeed(13)
     let (hq, hkv, n, d) = (4, 2, 3000, 32)
@@ -199,6 +279,9 @@ struct RetrievalTests {
       try dec.buildIndex(cache: cache, layer: 0, sequence: seqs[0], prefillQueries: pq, threads: threads)
       try cache.append(seqs[0], keys: slice(k, from: 5, count: 3), values: slice(v, from: 9, count: 3))
       let (_, q) = clustered(hq: hq, hkv: hkv, n: 1, m: 1, d: d, seed: seed + 2)
+      _ = try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: AttentionOptions(threads: threads))
+      // A second step (seeded by the first) after another insert.
+      try cache.append(seqs[0], keys: slice(k, from: 50, count: 1), values: slice(v, from: 60, count: 1))
       let r = try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: AttentionOptions(threads: threads), recordKeys: true)
       outputs.append(r.result.output)
       retrieved.append(r.retrievedKeys!)
@@ -278,6 +361,43 @@ struct InnerProductIndexTests {
     #expect(recall >= 0.9 && fraction <= 0.2, "recall \(recall), scanned \(fraction), seed \(seed)")
   }
 
+  @Test("a search seeded with the answer returns it; seeds add to the entry points; patience cuts the scan")
+  func seededSearch() throws {
+    let seed = testSeed(33)
+    let (k, q) = clustered(hq: 1, hkv: 1, n: 6000, m: 140, d: 32, clusters: 32, seed: seed)
+    let keys = try k.reshaped([6000, 32])
+    let sample = try q.reshaped([140, 32])
+    // A deliberately weak graph (few edges, one entry point), so the narrow cold search misses
+    // keys and the seeded checks below test something.
+    let index = try InnerProductIndex(keys: keys, queries: Tensor(shape: [100, 32], scalars: sample.scalars.prefix(100 * 32)),
+                                      configuration: .init(queryNeighbors: 16, degree: 6, buildWidth: 8, entryPoints: 1))
+    var coldHits = 0, warmHits = 0, total = 0  // warm: half-seeded (not bounded by the cold search: another path)
+    for t in 100..<140 {
+      let query = try Tensor(shape: [32], scalars: sample.scalars[(t * 32)..<(t * 32 + 32)])
+      let truth = try index.exactSearch(query, k: 30).ids
+      // The narrowest pool: alone it misses part of the top 30 on this set.
+      let cold = try index.search(query, k: 30, width: 30)
+      // Seeded with the true top 30 (in any order) it returns exactly them, best first.
+      let warm = try index.search(query, k: 30, width: 30, seeds: truth.reversed())
+      #expect(warm.ids == truth, "query \(t), seed \(seed)")
+      // Seeded with half of them, it keeps that half.
+      let half = Array(truth.prefix(15))
+      let part = try index.search(query, k: 30, width: 30, seeds: half)
+      #expect(Set(half).isSubset(of: part.ids), "query \(t), seed \(seed)")
+      coldHits += Set(cold.ids).intersection(truth).count
+      warmHits += Set(part.ids).intersection(truth).count
+      total += 30
+      // Patience: never more keys scanned than the full search, still k results.
+      let early = try index.search(query, k: 30, width: 120, patience: 2), full = try index.search(query, k: 30, width: 120)
+      #expect(early.scanned <= full.scanned && early.ids.count == 30)
+      #expect(try index.search(query, k: 30, width: 120, patience: 100_000) == full)
+    }
+    // The narrow cold search does miss keys here (else the seeded checks above prove nothing).
+    #expect(coldHits < total, "cold \(coldHits), half-seeded \(warmHits) of \(total), seed \(seed)")
+    #expect(throws: SubqError.self) { try index.search(Tensor(shape: [32]), k: 3, width: 8, seeds: [6000]) }
+    #expect(throws: SubqError.self) { try index.search(Tensor(shape: [32]), k: 3, width: 8, patience: -1) }
+  }
+
   @Test("keys inserted after the build are searchable")
   func inserts() throws {
     let seed = testSeed(22)
@@ -316,12 +436,14 @@ struct InnerProductIndexTests {
     var i = try InnerProductIndex(keys: Tensor.randomNormal(shape: [5, 4], seed: 1), queries: Tensor.randomNormal(shape: [2, 4], seed: 2))
     #expect(throws: SubqError.self) { try i.insert(Tensor(shape: [2, 5])) }
     #expect(throws: SubqError.self) { try i.search(Tensor(shape: [3]), k: 1, width: 4) }
-    // Early termination applies to the grouped search only: with per-head search it is an error.
+    // Early termination applies to both searches; a negative patience is an error.
     var c = RetrievalDecoder.Configuration()
     c.patience = 8
     c.groupedSearch = false
-    #expect(throws: SubqError.self) { try RetrievalDecoder(configuration: c) }
+    #expect(throws: Never.self) { try RetrievalDecoder(configuration: c) }
     c.groupedSearch = true
     #expect(throws: Never.self) { try RetrievalDecoder(configuration: c) }
+    c.patience = -1
+    #expect(throws: SubqError.self) { try RetrievalDecoder(configuration: c) }
   }
 }
