@@ -24,9 +24,14 @@ import SubqKernels
 /// `scripts/gen-neighborhood-tiles.py`). Border lanes, whose windows are shifted, are handled by
 /// widening the offset range of their vector and masking per lane; interior chunks without softcap
 /// or bias skip the masking pass. Softmax is online over chunks of at most ~512 keys per query (one
-/// chunk for 2-D 7×7); scores are kept in log2 units as in ``FlashAttention``. Work items are runs
-/// of bands of grid rows; each worker keeps the packed K/V rows of its current band in a small cache
-/// (in L2), and packs each key row about once per item. Memory traffic is hidden by prefetching
+/// chunk for 2-D 7×7); scores are kept in log2 units as in ``FlashAttention``. The last grid axis
+/// (the one on the lanes) is split into column strips of at most ``stripTarget`` query columns
+/// (``stripWidth(lastAxis:)``), so a packed row holds only its strip's columns plus the halo of up
+/// to k − 1 keys on each side that the strip's windows reach (exactly those keys, rounded out to
+/// whole vectors with zeros; keys outside the grid are never read): the working set is bounded
+/// whatever the grid width. Work items are (batch, head, sub-grid, plane, run of bands of grid
+/// rows, strip); each worker keeps the packed K/V rows of its current band in a small cache (in
+/// L2), and packs each key row (strip plus halo) about once per item. Memory traffic is hidden by prefetching
 /// spread over the computation: every iteration of the register tiles' loops issues one L2
 /// prefetch from a per-tile list (the next tile's queries and output rows, and a share of the next
 /// band's new key rows) and L1 prefetches of the next packed row it will read. Q, K and V are
@@ -42,9 +47,10 @@ import SubqKernels
 /// flattened, not NATTEN's heads-last `[B, X, Y, H, D]`; RPB (dropped in NATTEN ≥ 0.20) is
 /// supported, also with causal axes, where only the entries Δ ≤ 0 are used.
 ///
-/// - Complexity: O(B·Hq·N·∏k·(D + Dv)) time; O(threads·k₀·(k₁ + 2)·(D + Dv)·n₂) extra memory (each
-///   worker's cache of packed key rows, n₂ the padded length of the last grid axis), plus small
-///   per-worker scratch.
+/// - Complexity: O(B·Hq·N·∏k·(D + Dv)) time (the halo repacked per strip adds about
+///   2⌈(k₂ − 1)/16⌉·16 / w columns to the packing, w the strip width); O(threads·k₀·(k₁ + 2)·(D + Dv)·w')
+///   extra memory, w' ≈ w + 2·16 + k₂ the padded packed-row length, independent of the grid width
+///   (e.g. 0.8 MB per worker for D = Dv = 64, 7×7 on AVX-512: 9 packed rows of 128 channels × 176 floats), plus small per-worker scratch.
 public struct NeighborhoodAttention: PatternAttentionMethod {
   public static let info = MethodInfo(
     name: "neighborhood",
