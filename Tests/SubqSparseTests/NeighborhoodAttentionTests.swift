@@ -295,6 +295,22 @@ struct NeighborhoodAttentionTests {
     }
   }
 
+  /// On a grid split into strips, a non-finite key or value in any strip (or its halo column at
+  /// a strip boundary) still raises the error.
+  @Test func nonFiniteInputsInEveryStrip() throws {
+    let cols = 2 * NeighborhoodAttention.stripTarget + 9, n = 3 * cols
+    let m = try NeighborhoodAttention(grid: [3, cols], kernel: [3, 5])
+    let w = NeighborhoodAttention.stripWidth(lastAxis: NeighborhoodAxis(length: cols, kernel: 5))
+    for (which, col) in [(1, w - 1), (2, w), (1, 2 * w + 3), (2, cols - 1), (0, w + 1)] {
+      var t = [Tensor.randomNormal(shape: [1, 1, n, 16], seed: 1), Tensor.randomNormal(shape: [1, 1, n, 16], seed: 2),
+               Tensor.randomNormal(shape: [1, 1, n, 16], seed: 3)]
+      t[which][flat: (cols + col) * 16 + 3] = .nan
+      #expect(throws: SubqError.self, "tensor \(which) column \(col)") {
+        try m.attention(queries: t[0], keys: t[1], values: t[2], options: AttentionOptions())
+      }
+    }
+  }
+
   @Test func rejectsBadConfigurations() throws {
     let q = Tensor.randomNormal(shape: [1, 2, 100, 8], seed: 1)
     func fails(_ m: () throws -> NeighborhoodAttention, opts: AttentionOptions = AttentionOptions(), _ text: String) {
