@@ -24,9 +24,14 @@ import SubqKernels
 /// `scripts/gen-neighborhood-tiles.py`). Border lanes, whose windows are shifted, are handled by
 /// widening the offset range of their vector and masking per lane; interior chunks without softcap
 /// or bias skip the masking pass. Softmax is online over chunks of at most ~512 keys per query (one
-/// chunk for 2-D 7×7); scores are kept in log2 units as in ``FlashAttention``. Work items are runs
-/// of bands of grid rows; each worker keeps the packed K/V rows of its current band in a small cache
-/// (in L2), and packs each key row about once per item. Memory traffic is hidden by prefetching
+/// chunk for 2-D 7×7); scores are kept in log2 units as in ``FlashAttention``. The last grid axis
+/// (the one on the lanes) is split into column strips of at most ``stripTarget`` query columns
+/// (``stripWidth(lastAxis:)``), so a packed row holds only its strip's columns plus the halo of up
+/// to k − 1 keys on each side that the strip's windows reach (exactly those keys, rounded out to
+/// whole vectors with zeros; keys outside the grid are never read): the working set is bounded
+/// whatever the grid width. Work items are (batch, head, sub-grid, plane, run of bands of grid
+/// rows, strip); each worker keeps the packed K/V rows of its current band in a small cache (in
+/// L2), and packs each key row (strip plus halo) about once per item. Memory traffic is hidden by prefetching
 /// spread over the computation: every iteration of the register tiles' loops issues one L2
 /// prefetch from a per-tile list (the next tile's queries and output rows, and a share of the next
 /// band's new key rows) and L1 prefetches of the next packed row it will read. Q, K and V are
@@ -42,9 +47,10 @@ import SubqKernels
 /// flattened, not NATTEN's heads-last `[B, X, Y, H, D]`; RPB (dropped in NATTEN ≥ 0.20) is
 /// supported, also with causal axes, where only the entries Δ ≤ 0 are used.
 ///
-/// - Complexity: O(B·Hq·N·∏k·(D + Dv)) time; O(threads·k₀·(k₁ + 2)·(D + Dv)·n₂) extra memory (each
-///   worker's cache of packed key rows, n₂ the padded length of the last grid axis), plus small
-///   per-worker scratch.
+/// - Complexity: O(B·Hq·N·∏k·(D + Dv)) time (the halo repacked per strip adds about
+///   2⌈(k₂ − 1)/16⌉·16 / w columns to the packing, w the strip width); O(threads·k₀·(k₁ + 2)·(D + Dv)·w')
+///   extra memory, w' ≈ w + 2·16 + k₂ the padded packed-row length, independent of the grid width
+///   (e.g. 0.8 MB per worker for D = Dv = 64, 7×7 on AVX-512: 9 packed rows of 128 channels × 176 floats), plus small per-worker scratch.
 public struct NeighborhoodAttention: PatternAttentionMethod {
   public static let info = MethodInfo(
     name: "neighborhood",
@@ -229,6 +235,24 @@ public struct NeighborhoodAttention: PatternAttentionMethod {
     return rows.map { r in Self.window(of: r.row, axes: axes) }
   }
 
+  /// Target query columns per strip of the last grid axis (see ``stripWidth(lastAxis:)``).
+  public static let stripTarget = 128
+
+  /// Query columns (dilation-group coordinates) per strip of the last grid axis, the one on the
+  /// SIMD lanes. The kernel processes that axis in strips so that its per-worker packed key rows
+  /// hold one strip plus the halo of 2(k − 1) columns its windows reach, whatever the grid width.
+  /// The widest strip allowed is ``stripTarget`` columns, or four halos (4(k − 1)) when that is
+  /// wider (so the halo packed with each strip stays a small share of it); the longest dilation
+  /// group is split into the fewest strips of at most that width, all of equal width rounded up to
+  /// whole lane vectors, and every group uses that width (its last strip may be shorter).
+  public static func stripWidth(lastAxis axis: NeighborhoodAxis) -> Int {
+    let Lw = laneWidth
+    let widest = max(stripTarget, 4 * (axis.kernel - 1)) / Lw * Lw
+    let n = axis.groupLength(0)
+    let strips = max(1, (n + widest - 1) / widest)
+    return ((n + strips - 1) / strips + Lw - 1) / Lw * Lw
+  }
+
   /// The flat key positions (ascending) that flat query position `i` sees on a grid of `axes`.
   public static func window(of i: Int, axes: [NeighborhoodAxis]) -> [Int] {
     var coords = [Int](repeating: 0, count: axes.count)
@@ -255,10 +279,11 @@ struct NeighborhoodSubgrid: Sendable {
   var n0: Int, n1: Int, n2: Int
 }
 
-/// A unit of work: grid rows `c1Start ..< c1End` of plane `c0` of one sub-grid, for one query head,
-/// processed in bands of `rowsPerTile` rows, each band one lane vector at a time.
+/// A unit of work: grid rows `c1Start ..< c1End` of plane `c0` of one sub-grid, columns
+/// `strip · stripWidth ..< min((strip + 1) · stripWidth, n₂)`, for one query head, processed in
+/// bands of `rowsPerTile` rows, each band one lane vector at a time.
 struct NeighborhoodItem: Sendable {
-  var batch: Int32, head: Int32, subgrid: Int32, c0: Int32, c1Start: Int32, c1End: Int32
+  var batch: Int32, head: Int32, subgrid: Int32, c0: Int32, c1Start: Int32, c1End: Int32, strip: Int32
 }
 
 /// Geometry, packing and the kernel of one neighborhood-attention call.
@@ -275,8 +300,12 @@ struct NeighborhoodPlan: Sendable {
   let subgrids: [NeighborhoodSubgrid]
   let items: [NeighborhoodItem]
   let rowsPerTile: Int
-  /// Packed row geometry: columns left of position 0, floats per packed row (per channel).
-  let padL: Int, rowStride: Int, maxN2: Int
+  /// Query columns per strip of the last axis (a whole number of lane vectors), and the most
+  /// strips of any sub-grid (for the cache tags).
+  let stripWidth: Int, maxStrips: Int
+  /// Packed row geometry: columns left of the strip's first query column, floats per packed row
+  /// (per channel). A packed row holds the strip's columns plus the halo its windows reach.
+  let padL: Int, rowStride: Int
   /// Row cache: slots per worker (`slotsZ × slotsX`), floats per slot (K then V).
   let slotsZ: Int, slotsX: Int, slotFloats: Int
   /// Largest rows-per-plane product, for the cache tags.
@@ -309,8 +338,14 @@ struct NeighborhoodPlan: Sendable {
     // At least k−1 zero columns on the left, rounded up to whole vectors so that packed rows are
     // stored with aligned (single cache line) vector stores.
     padL = (ax2.kernel - 1 + Lw - 1) / Lw * Lw
-    maxN2 = ax2.groupLength(0)
-    rowStride = (padL + maxN2 + Lw + ax2.kernel + 15) / 16 * 16
+    let maxN2 = ax2.groupLength(0)
+    // Strips of the last axis bound the packed rows (and so the row cache) independently of the
+    // grid width.
+    stripWidth = NeighborhoodAttention.stripWidth(lastAxis: ax2)
+    maxStrips = (maxN2 + stripWidth - 1) / stripWidth
+    // Keys of a strip's windows lie within k − 1 columns of its queries; packing writes whole
+    // vectors from ⌊key start⌋ to ⌈key end⌉, at most padL + stripWidth + ⌈k − 1⌉ columns.
+    rowStride = (padL + stripWidth + Lw + ax2.kernel + 15) / 16 * 16
     var sgs: [NeighborhoodSubgrid] = []
     for g0 in 0..<ax0.dilation {
       for g1 in 0..<ax1.dilation {
@@ -323,7 +358,8 @@ struct NeighborhoodPlan: Sendable {
     tagRows = sgs.map { $0.n0 * $0.n1 }.max() ?? 1
     // Split each (head, sub-grid, plane) into contiguous runs of bands: enough items to keep every
     // thread busy, few enough that the halo rows repacked at run boundaries stay cheap.
-    let planes = sgs.reduce(0) { $0 + $1.n0 }
+    let sw = stripWidth
+    let planes = sgs.reduce(0) { $0 + $1.n0 * (($1.n2 + sw - 1) / sw) }
     let wanted = max(1, (2 * p.threads + p.batch * p.queryHeads * planes - 1) / (p.batch * p.queryHeads * planes))
     var items: [NeighborhoodItem] = []
     for b in 0..<p.batch {
@@ -331,12 +367,15 @@ struct NeighborhoodPlan: Sendable {
         for (si, s) in sgs.enumerated() {
           let bands = (s.n1 + R - 1) / R
           let parts = max(1, min(wanted, bands / 4))
+          let strips = (s.n2 + stripWidth - 1) / stripWidth
           for c0 in 0..<s.n0 {
             for part in 0..<parts {
               let a = bands * part / parts * R, z = min(s.n1, bands * (part + 1) / parts * R)
               if a < z {
-                items.append(NeighborhoodItem(batch: Int32(b), head: Int32(h), subgrid: Int32(si), c0: Int32(c0),
-                                              c1Start: Int32(a), c1End: Int32(z)))
+                for strip in 0..<strips {
+                  items.append(NeighborhoodItem(batch: Int32(b), head: Int32(h), subgrid: Int32(si), c0: Int32(c0),
+                                                c1Start: Int32(a), c1End: Int32(z), strip: Int32(strip)))
+                }
               }
             }
           }
@@ -365,8 +404,10 @@ struct NeighborhoodPlan: Sendable {
     let tFloats = Lw * max(Lw, max(p.headDim, p.valueDim) / Lw * Lw)
     // Prefetch list (pointers, two floats each): one tile's queries and outputs, and a share
     // (≤ laneWidth columns) of up to R new key rows per plane of the window, then padding.
+    // A tile's share of a strip's key columns (the strip plus its halo, over its tiles) is at most
+    // laneWidth + 2(k₂ − 1) columns.
     let lq = (p.headDim + 15) / 16, lo = (p.valueDim + 15) / 16
-    pfCapacity = R * Lw * (lq + lo) + ax0.kernel * R * Lw * (lq + lo)
+    pfCapacity = R * Lw * (lq + lo) + ax0.kernel * R * (Lw + 2 * ax2.kernel) * (lq + lo)
     pfPad = max(p.headDim, p.valueDim) + 16
     pfOff = (tOff + tFloats + 16 + 15) / 16 * 16
     slotOff = (pfOff + 2 * (pfCapacity + pfPad) + 16 + 15) / 16 * 16
@@ -416,55 +457,73 @@ struct NeighborhoodPlan: Sendable {
     return nonFinite
   }
 
-  /// Packs key row (z, x) of sub-grid `s` into `slot`: K as `[d][padL + c]`, then V as `[c][padL + col]`.
+  /// Packs columns `keys` of key row (z, x) of sub-grid `s` into `slot`, for the strip whose first
+  /// query column is `cs`: K as `[d][padL + c − cs]`, then V as `[c][padL + col − cs]`. Whole
+  /// vectors are written from ⌊keys.lower⌋ to ⌈keys.upper⌉ (columns outside `keys` as zeros, never
+  /// read from the input), and the rest of the packed row is zeroed, so a lane whose window
+  /// excludes an offset reads a zero or a key of the strip's halo, never a previous strip's data.
   /// `check` accumulates what is read (whole vectors) or `x − x` (single elements): NaN or ±∞
   /// afterwards means a non-finite input, or (rarely) a finite sum that overflowed, which only
   /// costs the caller a separate check.
-  func pack(b: Int, g: Int, _ s: NeighborhoodSubgrid, z: Int, x: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+  func pack(b: Int, g: Int, _ s: NeighborhoodSubgrid, z: Int, x: Int, cs: Int, keys: Range<Int>,
+            k: UnsafePointer<Float>, v: UnsafePointer<Float>,
             slot: UnsafeMutablePointer<Float>, block: UnsafeMutablePointer<Lane>, check: inout Lane) {
     let D = p.headDim, Dv = p.valueDim, Lw = laneWidth
     let rev = LaneTranspose.reversed
-    for (src, rows, width, dst) in [(k, p.keyRows, D, slot + padL), (v, p.valueRows, Dv, slot + D * rowStride + padL)] {
+    // Vector-aligned column range (cs is a multiple of the lane width, padL too).
+    let first = keys.lowerBound / Lw * Lw, end = (keys.upperBound + Lw - 1) / Lw * Lw
+    let pLo = padL + first - cs, pHi = padL + end - cs
+    for (src, rows, width, dst) in [(k, p.keyRows, D, slot), (v, p.valueRows, Dv, slot + D * rowStride)] {
       let full = width / Lw * Lw
-      var c2 = 0
-      while c2 + Lw <= s.n2 {
+      for d in 0..<width {
+        let row = dst + d * rowStride
+        for c in stride(from: 0, to: pLo, by: Lw) { storeLane(Lane(), row + c) }
+        for c in stride(from: pHi, to: rowStride, by: Lw) { storeLane(Lane(), row + c) }
+      }
+      var c2 = first
+      while c2 < end {
+        let inside = c2 >= keys.lowerBound && c2 + Lw <= keys.upperBound
+        let col = dst + padL + c2 - cs
         // Each source row is read front to back (sequential lines for the hardware prefetcher)
         // into `block`: row l of the 16 goes to row rev(l) of each 16×16 block, as the
-        // transposition wants. The check is one add per vector (a sum that is NaN or ±∞ when an
-        // input is; a finite overflow only costs a re-check by the caller).
+        // transposition wants; a column outside `keys` is a zero row. The check is one add per
+        // vector (a sum that is NaN or ±∞ when an input is; a finite overflow only costs a
+        // re-check by the caller).
         for l in 0..<Lw {
-          let row = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2 + l))
           let dstRow = block + rev[l]
-          var d0 = 0
-          while d0 < full {
-            let e = loadLane(row + d0)
-            dstRow[d0] = e
-            check += e
-            d0 += Lw
+          if inside || keys.contains(c2 + l) {
+            let row = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2 + l))
+            var d0 = 0
+            while d0 < full {
+              let e = loadLane(row + d0)
+              dstRow[d0] = e
+              check += e
+              d0 += Lw
+            }
+          } else {
+            var d0 = 0
+            while d0 < full { dstRow[d0] = Lane(); d0 += Lw }
           }
         }
         var d0 = 0
         while d0 < full {
           let m = block + d0
           LaneTranspose.transpose(m)
-          for d in 0..<Lw { storeLane(m[rev[d]], dst + (d0 + d) * rowStride + c2) }
+          for d in 0..<Lw { storeLane(m[rev[d]], col + (d0 + d) * rowStride) }
           d0 += Lw
         }
         if d0 < width {
           for l in 0..<Lw {
-            let row = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2 + l))
-            for d in d0..<width { dst[d * rowStride + c2 + l] = row[d]; check[0] += row[d] - row[d] }
+            if inside || keys.contains(c2 + l) {
+              let row = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2 + l))
+              for d in d0..<width { col[d * rowStride + l] = row[d]; check[0] += row[d] - row[d] }
+            } else {
+              for d in d0..<width { col[d * rowStride + l] = 0 }
+            }
           }
         }
         c2 += Lw
       }
-      while c2 < s.n2 {
-        let row = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2))
-        for d in 0..<width { dst[d * rowStride + c2] = row[d]; check[0] += row[d] - row[d] }
-        c2 += 1
-      }
-      // A shorter sub-grid row leaves the slot's previous columns: clear them.
-      if s.n2 < maxN2 { for d in 0..<width { for c in s.n2..<maxN2 { dst[d * rowStride + c] = 0 } } }
     }
   }
 
@@ -479,6 +538,13 @@ struct NeighborhoodPlan: Sendable {
     let block = UnsafeMutableRawPointer(scratch + tOff).assumingMemoryBound(to: Lane.self)
     let pf = UnsafeMutableRawPointer(scratch + pfOff).assumingMemoryBound(to: UnsafeRawPointer.self)
     let zStart = ax0.windowStart(c0, groupLength: s.n0), zCount = ax0.windowCount(c0)
+    // The strip's query columns and the key columns their windows reach (windows are monotone).
+    let strip = Int(it.strip)
+    let cs = strip * stripWidth, ce = min(cs + stripWidth, s.n2)
+    let keys = ax2.windowStart(cs, groupLength: s.n2)..<(ax2.windowStart(ce - 1, groupLength: s.n2) + ax2.windowCount(ce - 1))
+    func tag(_ z: Int, _ x: Int) -> Int {
+      (((b * p.keyValueHeads + g) * subgrids.count + si) * tagRows + z * s.n1 + x) * maxStrips + strip
+    }
     var check = Lane()
     var c1 = Int(it.c1Start)
     while c1 < Int(it.c1End) {
@@ -489,10 +555,11 @@ struct NeighborhoodPlan: Sendable {
       for z in zStart..<(zStart + zCount) {
         for x in xLo..<xHi {
           let slot = slotIndex(z, x)
-          let tag = ((b * p.keyValueHeads + g) * subgrids.count + si) * tagRows + z * s.n1 + x
-          if tags[slot] != tag {
-            pack(b: b, g: g, s, z: z, x: x, k: k, v: v, slot: slots + slot * slotFloats, block: block, check: &check)
-            tags[slot] = tag
+          let t = tag(z, x)
+          if tags[slot] != t {
+            pack(b: b, g: g, s, z: z, x: x, cs: cs, keys: keys, k: k, v: v, slot: slots + slot * slotFloats, block: block,
+                 check: &check)
+            tags[slot] = t
           }
         }
       }
@@ -502,16 +569,16 @@ struct NeighborhoodPlan: Sendable {
       let newRows = nextR > 0
         ? max(xHi, ax1.windowStart(next, groupLength: s.n1))..<(ax1.windowStart(next + nextR - 1, groupLength: s.n1) + ax1.windowCount(next + nextR - 1))
         : 0..<0
-      let tiles = (s.n2 + laneWidth - 1) / laneWidth
+      let tiles = (ce - cs + laneWidth - 1) / laneWidth
       var t = 0
-      for i0 in stride(from: 0, to: s.n2, by: laneWidth) {
+      for i0 in stride(from: cs, to: ce, by: laneWidth) {
         // Queue the cache lines this band's next tile (or the next band's first) reads and
         // writes, and a share of the next band's new key rows: the tiles issue one prefetch per
         // loop iteration from this list, spread over the computation.
-        let (pc1, pi0, pR) = i0 + laneWidth < s.n2 ? (c1, i0 + laneWidth, R) : (next, 0, nextR)
+        let (pc1, pi0, pR) = i0 + laneWidth < ce ? (c1, i0 + laneWidth, R) : (next, cs, nextR)
         var n = 0
         for r in 0..<max(0, pR) {
-          for l in 0..<min(laneWidth, s.n2 - pi0) {
+          for l in 0..<min(laneWidth, ce - pi0) {
             let pos = position(s, c0, pc1 + r, pi0 + l)
             let qRow = UnsafeRawPointer(q + p.queryRows.offset(batch: b, head: h, row: pos))
             let oRow = UnsafeRawPointer(out + p.outputRows.offset(batch: b, head: h, row: pos))
@@ -521,8 +588,8 @@ struct NeighborhoodPlan: Sendable {
         }
         if !newRows.isEmpty {
           for z in zStart..<(zStart + zCount) {
-            for x in newRows where tags[slotIndex(z, x)] != ((b * p.keyValueHeads + g) * subgrids.count + si) * tagRows + z * s.n1 + x {
-              for c2 in (s.n2 * t / tiles)..<(s.n2 * (t + 1) / tiles) {
+            for x in newRows where tags[slotIndex(z, x)] != tag(z, x) {
+              for c2 in (keys.lowerBound + keys.count * t / tiles)..<(keys.lowerBound + keys.count * (t + 1) / tiles) {
                 let pos = position(s, z, x, c2)
                 let kRow = UnsafeRawPointer(k + p.keyRows.offset(batch: b, head: g, row: pos))
                 let vRow = UnsafeRawPointer(v + p.valueRows.offset(batch: b, head: g, row: pos))
@@ -535,7 +602,7 @@ struct NeighborhoodPlan: Sendable {
         // (The capacity covers every line above; the guards only keep a miscount from writing past
         // the list.) The padding after the list: lines of the scratch itself (already cached).
         for i in 0..<pfPad { pf[n + i] = UnsafeRawPointer(scratch) }
-        tile(s, b: b, h: h, c0: c0, c1s: c1, rows: R, i0: i0, q: q, slots: slots, out: out, lse: lse, scratch: scratch,
+        tile(s, b: b, h: h, c0: c0, c1s: c1, rows: R, i0: i0, cs: cs, q: q, slots: slots, out: out, lse: lse, scratch: scratch,
              pf: pf, pfCount: n, check: &check)
         t += 1
       }
@@ -546,8 +613,9 @@ struct NeighborhoodPlan: Sendable {
     if any(c .!= c) { tags[slotsZ * slotsX] = 1 }
   }
 
-  /// Computes one tile: `rows` grid rows from `c1s` × one lane vector of queries from `i0`.
-  func tile(_ s: NeighborhoodSubgrid, b: Int, h: Int, c0: Int, c1s: Int, rows R: Int, i0: Int, q: UnsafePointer<Float>,
+  /// Computes one tile: `rows` grid rows from `c1s` × one lane vector of queries from `i0`, in the
+  /// strip whose first column is `cs` (the packed rows' column origin).
+  func tile(_ s: NeighborhoodSubgrid, b: Int, h: Int, c0: Int, c1s: Int, rows R: Int, i0: Int, cs: Int, q: UnsafePointer<Float>,
             slots: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
             scratch: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfCount: Int, check: inout Lane) {
     let Lw = laneWidth
@@ -673,8 +741,8 @@ struct NeighborhoodPlan: Sendable {
               let (ra, rb) = rowsSeeing(x)
               if rb < ra { continue }
               let xm = xLoMod + (x - xLo), xn = x + 1 < xe ? xm + 1 : xm
-              let kRow = slots + (zSlot + (xm >= slotsX ? xm - slotsX : xm)) * slotFloats + padL + i0
-              let kNext = slots + (zSlot + (xn >= slotsX ? xn - slotsX : xn)) * slotFloats + padL + i0
+              let kRow = slots + (zSlot + (xm >= slotsX ? xm - slotsX : xm)) * slotFloats + padL + i0 - cs
+              let kNext = slots + (zSlot + (xn >= slotsX ? xn - slotsX : xn)) * slotFloats + padL + i0 - cs
               var o = oc
               while o < oe {
                 let w = min(oe - o, maxWidth(rb - ra + 1))
@@ -737,8 +805,8 @@ struct NeighborhoodPlan: Sendable {
               let (ra, rb) = rowsSeeing(x)
               if rb < ra { continue }
               let xm = xLoMod + (x - xLo), xn = x + 1 < xe ? xm + 1 : xm
-              let vRow = slots + (zSlot + (xm >= slotsX ? xm - slotsX : xm)) * slotFloats + kRowFloats + padL + i0
-              let vNext = slots + (zSlot + (xn >= slotsX ? xn - slotsX : xn)) * slotFloats + kRowFloats + padL + i0
+              let vRow = slots + (zSlot + (xm >= slotsX ? xm - slotsX : xm)) * slotFloats + kRowFloats + padL + i0 - cs
+              let vNext = slots + (zSlot + (xn >= slotsX ? xn - slotsX : xn)) * slotFloats + kRowFloats + padL + i0 - cs
               var o = oc
               while o < oe {
                 let w = min(oe - o, maxWidth(rb - ra + 1))

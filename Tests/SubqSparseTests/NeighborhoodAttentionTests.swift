@@ -174,6 +174,86 @@ struct NeighborhoodAttentionTests {
     }
   }
 
+  /// Grids wider than one strip of the last axis (``NeighborhoodAttention/stripWidth(lastAxis:)``):
+  /// widths not a multiple of the strip or the lane width, shifted windows at both borders, even
+  /// kernels, dilation groups split into strips (widths not divisible by the dilation), a causal
+  /// last axis, 1-D, 3-D, GQA/bshd, softcap and bias, each against the dense reference.
+  @Test func stripsOfTheLastAxis() throws {
+    func strips(_ c: Case) -> Int {
+      let x = c.axis(c.grid.count - 1)
+      let axis = NeighborhoodAxis(length: x.L, kernel: x.k, dilation: x.d, causal: x.c)
+      let w = NeighborhoodAttention.stripWidth(lastAxis: axis)
+      return (axis.groupLength(axis.dilation - 1) + w - 1) / w   // strips of the shortest group
+    }
+    let t = NeighborhoodAttention.stripTarget
+    let cases = [
+      Case(grid: [8, t + 37], kernel: [7], hq: 1, d: 16, dv: 16),
+      Case(grid: [4, 2 * t + 45], kernel: [3, 8], causal: [false, true], hq: 1, d: 16, dv: 16),
+      Case(grid: [3, 3 * t + 50], kernel: [3, 6], dilation: [1, 3], hq: 1, d: 16, dv: 16),
+      Case(grid: [6 * t + 13], kernel: [13], dilation: [2], hq: 1, d: 8, dv: 8),
+      Case(grid: [9 * t + 7], kernel: [65], hq: 1, d: 8, dv: 8),                   // strips wider than the target
+      Case(grid: [3, 2, t + 22], kernel: [2, 1, 5], causal: [false, false, true], hq: 1, d: 8, dv: 8),
+      Case(grid: [3, t + 70], kernel: [3, 5], b: 2, hq: 4, hkv: 2, d: 17, dv: 9, layout: .bshd),
+      Case(grid: [4, 2 * t + 12], kernel: [3, 4], dilation: [1, 2], hq: 2, softcap: 4, rpb: true),
+    ]
+    for c in cases {
+      #expect(strips(c) >= 2, "\(c) fits one strip: the test would not split")
+      try check(c)
+    }
+  }
+
+  /// Every strip reads its halo and nothing else, and a reused cache slot keeps nothing of the
+  /// strip packed before it: keys and values outside the windows of the queries of one strip (the
+  /// first, an interior one with shifted-free windows and the last, partial one) are NaN, and
+  /// with `allowNonFinite` those queries' outputs and LSE stay exactly what they were. A lane whose
+  /// border window excludes an offset reads that offset too (masked), so a halo packed too wide,
+  /// a stale slot or a key read past the grid turns these outputs NaN.
+  @Test func stripsReadOnlyTheirHalo() throws {
+    let t = NeighborhoodAttention.stripTarget
+    for c in [Case(grid: [4, 2 * t + 9], kernel: [3, 7], hq: 2, hkv: 1, d: 16, dv: 16),
+              Case(grid: [3, 2 * t + 21], kernel: [3, 6], dilation: [1, 2], causal: [false, true], hq: 1, d: 16, dv: 16),
+              Case(grid: [3, 3 * t + 10], kernel: [3, 5], dilation: [1, 3], hq: 1, d: 16, dv: 16)] {
+      let seed = testSeed()
+      let n = c.grid.reduce(1, *), cols = c.grid[1]
+      let x = c.axis(1)
+      let axis = NeighborhoodAxis(length: x.L, kernel: x.k, dilation: x.d, causal: x.c)
+      let w = NeighborhoodAttention.stripWidth(lastAxis: axis)
+      let q = Tensor.randomNormal(shape: [1, c.hq, n, c.d], seed: seed)
+      let k0 = Tensor.randomNormal(shape: [1, c.hkv, n, c.d], seed: seed + 1)
+      let v0 = Tensor.randomNormal(shape: [1, c.hkv, n, c.dv], seed: seed + 2)
+      let method = try NeighborhoodAttention(grid: c.grid, kernel: c.kernel, dilation: c.dilation, causalAxes: c.causal)
+      let opts = AttentionOptions(returnLSE: true, allowNonFinite: true)
+      let clean = try method.attention(queries: q, keys: k0, values: v0, options: opts)
+      for group in [0, x.d - 1] {
+        let strips = (axis.groupLength(group) + w - 1) / w
+        #expect(strips >= 2, "\(c) group \(group) fits one strip")
+        for strip in Set([0, strips / 2, strips - 1]) {
+          // Queries of this strip: columns of the group whose group coordinate is in the strip.
+          let chosen = (0..<n).filter { i in
+            let col = i % cols
+            return col % x.d == group && (strip * w..<(strip + 1) * w).contains(col / x.d)
+          }
+          var needed = Set<Int>()
+          for i in chosen { for j in 0..<n where c.allows(i, j) { needed.insert(j) } }
+          #expect(needed.count < n / 2)
+          var k = k0, v = v0
+          k.withUnsafeMutableBufferPointer { p in for j in 0..<n where !needed.contains(j) { for d in 0..<c.d { for g in 0..<c.hkv { p[(g * n + j) * c.d + d] = .nan } } } }
+          v.withUnsafeMutableBufferPointer { p in for j in 0..<n where !needed.contains(j) { for d in 0..<c.dv { for g in 0..<c.hkv { p[(g * n + j) * c.dv + d] = .nan } } } }
+          let poisoned = try method.attention(queries: q, keys: k, values: v, options: opts)
+          let lse = try #require(poisoned.lse), lse0 = try #require(clean.lse)
+          var bad = 0
+          for h in 0..<c.hq {
+            for i in chosen {
+              for d in 0..<c.dv where !(poisoned.output[0, h, i, d] == clean.output[0, h, i, d]) { bad += 1 }
+              if !(lse[0, h, i] == lse0[0, h, i]) { bad += 1 }
+            }
+          }
+          #expect(bad == 0, "\(bad) values changed: \(c) group \(group) strip \(strip) of \(strips), seed \(seed)")
+        }
+      }
+    }
+  }
+
   @Test func selectedKeysAndPairsMatchTheMask() throws {
     let c = Case(grid: [9, 13], kernel: [4, 5], dilation: [2, 1], causal: [false, true])
     let n = 9 * 13
@@ -194,8 +274,8 @@ struct NeighborhoodAttentionTests {
   /// The finiteness check is fused into the kernel: it must still raise the up-front check's error.
   @Test func nonFiniteInputsRaiseTheUsualError() throws {
     let m = try NeighborhoodAttention(grid: [9, 20], kernel: [3, 5])
-    // Columns 19 (and 17) go through the packing's scalar tail, columns 0–5 through the
-    // vectorized transposes (whose check sums the values, so ±∞ must be caught as well as NaN).
+    // Columns 16–19 (and 17) are the packing's partial last vector, columns 0–5 a whole one (the
+    // check sums the values, so ±∞ must be caught as well as NaN).
     let cases: [(String, Int, Float)] = [("Q", 37, .nan), ("K", 179, .infinity), ("V", 0, .nan), ("Q", 22, .infinity),
                                          ("K", 43, -.infinity), ("V", 64, .infinity), ("K", 5, .nan)]
     for (tensor, index, value) in cases {
@@ -212,6 +292,22 @@ struct NeighborhoodAttentionTests {
       #expect(throws: expected) { try m.attention(queries: t[0], keys: t[1], values: t[2], options: AttentionOptions()) }
       let r = try m.attention(queries: t[0], keys: t[1], values: t[2], options: AttentionOptions(allowNonFinite: true))
       #expect(r.output.shape == [1, 2, 180, 16])
+    }
+  }
+
+  /// On a grid split into strips, a non-finite key or value in any strip (or its halo column at
+  /// a strip boundary) still raises the error.
+  @Test func nonFiniteInputsInEveryStrip() throws {
+    let cols = 2 * NeighborhoodAttention.stripTarget + 9, n = 3 * cols
+    let m = try NeighborhoodAttention(grid: [3, cols], kernel: [3, 5])
+    let w = NeighborhoodAttention.stripWidth(lastAxis: NeighborhoodAxis(length: cols, kernel: 5))
+    for (which, col) in [(1, w - 1), (2, w), (1, 2 * w + 3), (2, cols - 1), (0, w + 1)] {
+      var t = [Tensor.randomNormal(shape: [1, 1, n, 16], seed: 1), Tensor.randomNormal(shape: [1, 1, n, 16], seed: 2),
+               Tensor.randomNormal(shape: [1, 1, n, 16], seed: 3)]
+      t[which][flat: (cols + col) * 16 + 3] = .nan
+      #expect(throws: SubqError.self, "tensor \(which) column \(col)") {
+        try m.attention(queries: t[0], keys: t[1], values: t[2], options: AttentionOptions())
+      }
     }
   }
 
