@@ -429,6 +429,19 @@ struct NeighborhoodPlan: Sendable {
     #endif
   }
 
+  /// Copies the first `count` floats of `row` (a multiple of the lane width) as lane vectors to
+  /// `dst[0], dst[Lw], dst[2·Lw], …` (one row of a transpose block), adding each to `check`: NaN or
+  /// ±∞ there flags a non-finite input.
+  @inline(__always) func copyVectors(_ row: UnsafePointer<Float>, to dst: UnsafeMutablePointer<Lane>, count: Int, check: inout Lane) {
+    var d0 = 0
+    while d0 < count {
+      let e = loadLane(row + d0)
+      dst[d0] = e
+      check += e
+      d0 += laneWidth
+    }
+  }
+
   /// Cache slot of key row (z, x).
   @inline(__always) func slotIndex(_ z: Int, _ x: Int) -> Int { (z % slotsZ) * slotsX + x % slotsX }
 
@@ -492,14 +505,7 @@ struct NeighborhoodPlan: Sendable {
         for l in 0..<Lw {
           let dstRow = block + rev[l]
           if inside || keys.contains(c2 + l) {
-            let row = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2 + l))
-            var d0 = 0
-            while d0 < full {
-              let e = loadLane(row + d0)
-              dstRow[d0] = e
-              check += e
-              d0 += Lw
-            }
+            copyVectors(src + rows.offset(batch: b, head: g, row: position(s, z, x, c2 + l)), to: dstRow, count: full, check: &check)
           } else {
             var d0 = 0
             while d0 < full { dstRow[d0] = Lane(); d0 += Lw }
@@ -644,15 +650,8 @@ struct NeighborhoodPlan: Sendable {
         // Each query row read front to back into the transpose area (see `pack`).
         let full = D / Lw * Lw
         for x in 0..<Lw {
-          let row = q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + x))
-          let dstRow = m16 + rev[x]
-          var d0 = 0
-          while d0 < full {
-            let e = loadLane(row + d0)
-            dstRow[d0] = e
-            check += e
-            d0 += Lw
-          }
+          copyVectors(q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + x)), to: m16 + rev[x],
+                      count: full, check: &check)
         }
         var d0 = 0
         while d0 < full {
