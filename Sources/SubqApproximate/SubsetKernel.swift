@@ -189,18 +189,8 @@ struct SubsetKernel: Sendable {
       }
       for x in 0..<lanesQ { lRun[x] = fmadd(mNew[x], lRun[x], alpha[x]) }
 
-      let vBlock = v + j0 * ldv
-      var c0 = 0
-      while c0 < Dv {
-        let last = Dv - 1
-        for t in 0..<tilesQ {
-          AttentionTiles.pvTile(
-            vBlock, ldv: ldv, min(c0, last), min(c0 + 1, last), min(c0 + 2, last), min(c0 + 3, last),
-            min(c0 + 4, last), min(c0 + 5, last), count: jn, p: stL + t * TV, pStride: lanesQ,
-            ot: otL + c0 * lanesQ + t * TV, otStride: lanesQ, alpha: alpha + t * TV)
-        }
-        c0 += tileRows
-      }
+      AttentionTiles.pvColumns(v + j0 * ldv, ldv: ldv, columns: Dv, count: jn, p: stL, ot: otL, alpha: alpha,
+                               lanes: lanesQ, tiles: tilesQ)
       j0 += jn
     }
     _ = L

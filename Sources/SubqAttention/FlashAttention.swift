@@ -380,18 +380,8 @@ struct FlashPlan: Sendable {
       for x in 0..<lanesQ { lRun[x] = fmadd(blockSum[x], lRun[x], alpha[x]) }
 
       // Oᵀ = α·Oᵀ + Vᵀ Pᵀ, six value columns at a time (columns past Dv repeat the last one).
-      let vBlock = vHead + j0 * ldv
-      var c0 = 0
-      while c0 < Dv {
-        let last = Dv - 1
-        for t in 0..<tilesQ {
-          AttentionTiles.pvTile(
-            vBlock, ldv: ldv, min(c0, last), min(c0 + 1, last), min(c0 + 2, last), min(c0 + 3, last),
-            min(c0 + 4, last), min(c0 + 5, last), count: jn, p: st + t * TV, pStride: lanesQ,
-            ot: ot + c0 * lanesQ + t * TV, otStride: lanesQ, alpha: alpha + t * TV)
-        }
-        c0 += tileRows
-      }
+      AttentionTiles.pvColumns(vHead + j0 * ldv, ldv: ldv, columns: Dv, count: jn, p: st, ot: ot, alpha: alpha,
+                               lanes: lanesQ, tiles: tilesQ)
       j0 += jn
     }
 

@@ -535,17 +535,8 @@ package struct FlashBackwardPlan: Sendable {
           // dQᵀ += Kᵀ·dSᵀ into this chunk's partial (τ applied in the reduction), six head-dim rows
           // at a time (rows past D repeat the last one and land in padding).
           let qPart = UnsafeMutableRawPointer(part + blk * partStride).assumingMemoryBound(to: Lane.self)
-          var d0 = 0
-          while d0 < D {
-            let last = D - 1
-            for t in 0..<tilesQ {
-              AttentionTiles.pvTile(
-                kBlock, ldv: ldk, min(d0, last), min(d0 + 1, last), min(d0 + 2, last), min(d0 + 3, last),
-                min(d0 + 4, last), min(d0 + 5, last), count: jn, p: dp + t * TV, pStride: lanesQ,
-                ot: qPart + d0 * lanesQ + t * TV, otStride: lanesQ, alpha: ones + t * TV)
-            }
-            d0 += tileRows
-          }
+          AttentionTiles.pvColumns(kBlock, ldv: ldk, columns: D, count: jn, p: dp, ot: qPart, alpha: ones,
+                                   lanes: lanesQ, tiles: tilesQ)
         }
       }
 

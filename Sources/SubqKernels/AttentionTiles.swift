@@ -76,4 +76,27 @@ package enum AttentionTiles {
             otStride: otStride, alpha: alpha)
     #endif
   }
+
+  /// `Oᵀ[c] = α ⊙ Oᵀ[c] + Σ_j rows[j][c] · Pᵀ[j]` for every column `c < columns`, over `tiles` query
+  /// tiles side by side: one ``pvTile(_:ldv:_:_:_:_:_:_:count:p:pStride:ot:otStride:alpha:)`` per six
+  /// columns and tile (columns past the end repeat the last one; their results land in Oᵀ's padding
+  /// rows, which hold ⌈columns/6⌉·6 rows). `p`, `ot` and `alpha` rows are `lanes` vectors apart.
+  /// The flash forward (P·V), its backward (dS·K into dQ), the subset kernel and the block softmax
+  /// all accumulate this way.
+  package static func pvColumns(
+    _ rows: UnsafePointer<Float>, ldv: Int, columns: Int, count: Int, p: UnsafePointer<Lane>,
+    ot: UnsafeMutablePointer<Lane>, alpha: UnsafePointer<Lane>, lanes: Int, tiles: Int
+  ) {
+    let last = columns - 1
+    var c0 = 0
+    while c0 < columns {
+      for t in 0..<tiles {
+        let o = t * tileVectors
+        pvTile(rows, ldv: ldv, min(c0, last), min(c0 + 1, last), min(c0 + 2, last), min(c0 + 3, last),
+               min(c0 + 4, last), min(c0 + 5, last), count: count, p: p + o, pStride: lanes,
+               ot: ot + c0 * lanes + o, otStride: lanes, alpha: alpha + o)
+      }
+      c0 += Self.rows
+    }
+  }
 }

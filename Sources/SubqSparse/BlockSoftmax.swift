@@ -93,18 +93,8 @@ struct BlockSoftmax {
   func attend(k: UnsafePointer<Float>, ldk: Int, v: UnsafePointer<Float>, ldv: Int, range: Range<Int>,
               diagonal: Int? = nil, left: Int? = nil, right: Int? = nil) {
     scoreBlocks(k: k, ldk: ldk, range: range, diagonal: diagonal, left: left, right: right) { j0, jn in
-      let vBlock = v + j0 * ldv
-      var c0 = 0
-      while c0 < Dv {
-        let last = Dv - 1
-        for t in 0..<tilesQ {
-          AttentionTiles.pvTile(
-            vBlock, ldv: ldv, min(c0, last), min(c0 + 1, last), min(c0 + 2, last), min(c0 + 3, last),
-            min(c0 + 4, last), min(c0 + 5, last), count: jn, p: st + t * tileVectors, pStride: lanesQ,
-            ot: ot + c0 * lanesQ + t * tileVectors, otStride: lanesQ, alpha: alpha + t * tileVectors)
-        }
-        c0 += AttentionTiles.rows
-      }
+      AttentionTiles.pvColumns(v + j0 * ldv, ldv: ldv, columns: Dv, count: jn, p: st, ot: ot, alpha: alpha,
+                               lanes: lanesQ, tiles: tilesQ)
     }
   }
 
