@@ -121,11 +121,7 @@ import Testing
     let c = Case(hq: 4, hkv: 2, nq: 700, nk: 700, causal: true)
     let (q, k, v) = c.inputs(seed: testSeed())
     let m = try HiPAttention(k: 32, blockQ: 64, blockK: 2, sink: 4, window: 32)
-    var o = c.options
-    let a = try m.attention(queries: q, keys: k, values: v, options: o)
-    o.threads = 1
-    let b = try m.attention(queries: q, keys: k, values: v, options: o)
-    #expect(a.output == b.output)
+    try expectSameOnOneThread(m, q: q, k: k, v: v, options: c.options)
   }
 
   /// Error against exact attention falls as k grows, on structured data (mean over 3 seeds).

@@ -209,3 +209,13 @@ func expectError(_ expected: SubqError, _ body: () throws -> Void, sourceLocatio
     Issue.record("expected \(expected), got \(error)", sourceLocation: sourceLocation)
   }
 }
+
+/// Expects `method` to give a bit-identical output with `options`' threads and with one thread.
+func expectSameOnOneThread(_ method: any AttentionMethod, q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions,
+                           sourceLocation: SourceLocation = #_sourceLocation) throws {
+  var o = options
+  let a = try method.attention(queries: q, keys: k, values: v, options: o)
+  o.threads = 1
+  let b = try method.attention(queries: q, keys: k, values: v, options: o)
+  #expect(a.output == b.output, "different result with 1 thread", sourceLocation: sourceLocation)
+}
