@@ -90,11 +90,7 @@ struct RetrievalTests {
   func groupedMatchesPerHead(halfSearch: Bool) throws {
     let seed = testSeed(14)
     let (hq, hkv, n, d) = (8, 2, 3000, 32)
-    let (k, pq) = clustered(hq: hq, hkv: hkv, n: n, m: 200, d: d, seed: seed)
-    let v = Tensor.randomNormal(shape: [1, hkv, n, d], seed: seed + 1)
-    let (cache, seqs) = try makeCache(keys: [k], values: [v], pageSize: 64)
-    let (_, q) = clustered(hq: hq, hkv: hkv, n: 1, m: 1, d: d, seed: seed + 2)
-    let truth = try SelectionMetrics.exactTopKeys(queries: q, cache: cache, layer: 0, sequences: seqs, k: 30, excludingFirst: 4, excludingLast: 16)
+    let (cache, seqs, pq, q, truth) = try clusteredSearchProblem(hq: hq, hkv: hkv, n: n, d: d, seed: seed)
     func run(grouped: Bool, width: Int) throws -> RetrievalDecoder.Step {
       var c = config(topK: 30, width: width, buildQueries: 400)
       c.groupedSearch = grouped
@@ -189,11 +185,7 @@ struct RetrievalTests {
   func warmStart(grouped: Bool) throws {
     let seed = testSeed(31)
     let (hq, hkv, n, d) = (4, 2, 3000, 32)
-    let (k, pq) = clustered(hq: hq, hkv: hkv, n: n, m: 200, d: d, seed: seed)
-    let v = Tensor.randomNormal(shape: [1, hkv, n, d], seed: seed + 1)
-    let (cache, seqs) = try makeCache(keys: [k], values: [v], pageSize: 64)
-    let (_, q) = clustered(hq: hq, hkv: hkv, n: 1, m: 1, d: d, seed: seed + 2)
-    let truth = try SelectionMetrics.exactTopKeys(queries: q, cache: cache, layer: 0, sequences: seqs, k: 30, excludingFirst: 4, excludingLast: 16)
+    let (cache, seqs, pq, q, truth) = try clusteredSearchProblem(hq: hq, hkv: hkv, n: n, d: d, seed: seed)
     func hits(_ s: RetrievalDecoder.Step) -> [Int] { (0..<hq).map { Set(s.retrievedKeys![$0]).intersection(truth[$0]).count } }
     let options = AttentionOptions(causal: true, returnLSE: true)
     for warm in [false, true] {
@@ -242,11 +234,7 @@ struct RetrievalTests {
   func patiencePerHead() throws {
     let seed = testSeed(32)
     let (hq, hkv, n, d) = (4, 2, 3000, 32)
-    let (k, pq) = clustered(hq: hq, hkv: hkv, n: n, m: 200, d: d, seed: seed)
-    let v = Tensor.randomNormal(shape: [1, hkv, n, d], seed: seed + 1)
-    let (cache, seqs) = try makeCache(keys: [k], values: [v], pageSize: 64)
-    let (_, q) = clustered(hq: hq, hkv: hkv, n: 1, m: 1, d: d, seed: seed + 2)
-    let truth = try SelectionMetrics.exactTopKeys(queries: q, cache: cache, layer: 0, sequences: seqs, k: 30, excludingFirst: 4, excludingLast: 16)
+    let (cache, seqs, pq, q, truth) = try clusteredSearchProblem(hq: hq, hkv: hkv, n: n, d: d, seed: seed)
     func run(_ patience: Int) throws -> RetrievalDecoder.Step {
       var c = config(topK: 30, width: 300, buildQueries: 400)
       c.patience = patience

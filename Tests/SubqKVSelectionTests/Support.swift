@@ -126,3 +126,17 @@ func clustered(hq: Int, hkv: Int, n: Int, m: Int, d: Int, clusters: Int = 16, se
   }
   return (k, q)
 }
+
+/// One sequence of `n` clustered keys (N(0, 1) values) in a cache of 64-token pages, 200 prefill
+/// queries per head to build an index from, one decode query per head from the same clusters, and
+/// each query's true top 30 retrievable keys (the first 4 and the last 16 positions left out, as
+/// a decoder with 4 sinks and a window of 16 does).
+func clusteredSearchProblem(hq: Int, hkv: Int, n: Int, d: Int, seed: UInt64) throws
+  -> (cache: PagedKVCache, sequences: [PagedKVCache.SequenceID], prefill: Tensor, query: Tensor, truth: [[Int]]) {
+  let (k, pq) = clustered(hq: hq, hkv: hkv, n: n, m: 200, d: d, seed: seed)
+  let v = Tensor.randomNormal(shape: [1, hkv, n, d], seed: seed + 1)
+  let (cache, seqs) = try makeCache(keys: [k], values: [v], pageSize: 64)
+  let (_, q) = clustered(hq: hq, hkv: hkv, n: 1, m: 1, d: d, seed: seed + 2)
+  let truth = try SelectionMetrics.exactTopKeys(queries: q, cache: cache, layer: 0, sequences: seqs, k: 30, excludingFirst: 4, excludingLast: 16)
+  return (cache, seqs, pq, q, truth)
+}
