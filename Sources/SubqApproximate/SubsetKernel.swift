@@ -169,15 +169,8 @@ struct SubsetKernel: Sendable {
         }
       }
 
-      // Rescale; a max still at −∞ shifts by 0 (no NaN).
-      for x in 0..<lanesQ {
-        let m = mNew[x]
-        let safe = m.replacing(with: 0, where: m .== -Lane.Scalar.infinity)
-        alpha[x] = exp2Lane(mRun[x] - safe)
-        mSafe[x] = safe
-        mRun[x] = m
-      }
-      for x in 0..<lanesQ { mNew[x] = Lane() }  // the chunk's row sums
+      // Rescale; a max still at −∞ shifts by 0 (no NaN). mNew then collects the chunk's row sums.
+      advanceRunningMax(lanes: lanesQ, blockMax: mNew, running: mRun, safe: mSafe, alpha: alpha)
       for j in 0..<jn {
         let row = stL + j * lanesQ
         for x in 0..<lanesQ {

@@ -84,3 +84,23 @@ package func tanhLane(_ x: Lane) -> Lane {
   let r = big.replacing(with: small, where: ax .< 0.625)
   return r.replacing(with: -r, where: x .< 0)
 }
+
+/// The online-softmax step after a block's row maxima `blockMax` (lane vectors `0..<lanes`) are
+/// known: the running maximum `running` moves to them, `alpha` gets the rescale factor
+/// 2^(old − new) for what was accumulated so far, and `safe` the shift to subtract from the block's
+/// scores (the new maximum, or 0 where it is still −∞, so no NaN); `blockMax` is then zeroed to
+/// collect the block's row sums. All in log2 units.
+@inlinable @inline(__always)
+package func advanceRunningMax(
+  lanes: Int, blockMax: UnsafeMutablePointer<Lane>, running: UnsafeMutablePointer<Lane>,
+  safe: UnsafeMutablePointer<Lane>, alpha: UnsafeMutablePointer<Lane>
+) {
+  for x in 0..<lanes {
+    let m = blockMax[x]
+    let s = m.replacing(with: 0, where: m .== -Lane.Scalar.infinity)
+    alpha[x] = exp2Lane(running[x] - s)
+    safe[x] = s
+    running[x] = m
+  }
+  for x in 0..<lanes { blockMax[x] = Lane() }
+}

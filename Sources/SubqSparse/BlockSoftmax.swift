@@ -150,14 +150,7 @@ struct BlockSoftmax {
           }
         }
       }
-      for x in 0..<lanesQ {
-        let m = mNew[x]
-        let safe = m.replacing(with: 0, where: m .== -Lane.Scalar.infinity)
-        alpha[x] = exp2Lane(mRun[x] - safe)
-        mSafe[x] = safe
-        mRun[x] = m
-      }
-      for x in 0..<lanesQ { mNew[x] = Lane() }
+      advanceRunningMax(lanes: lanesQ, blockMax: mNew, running: mRun, safe: mSafe, alpha: alpha)
       for j in 0..<jn {
         let row = st + j * lanesQ
         for x in 0..<lanesQ {
