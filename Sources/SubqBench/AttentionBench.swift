@@ -129,14 +129,21 @@ public struct AttentionBench {
       // With an interleaved peak, peaks[i] is measured just before run i and peaks[i + 1] just after.
       var peaks: [Double] = []
       func measurePeak() { peaks.append((0..<3).map { _ in MachinePeak.fmaRate(threads: config.threads) }.max()!) }
-      let timing = Timing.measure(repeats: config.repeats, warmup: 0) {
+      // One timed run at a time, so that the peak measured between runs stays out of their times.
+      var samples: [Double] = [], cpuSamples: [Double] = []
+      for _ in 0..<max(1, config.repeats) {
         if config.interleavedPeak { measurePeak() }
-        do {
-          let r = try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
-          blackHole(r.output)
-        } catch { failure = error as? SubqError }
+        let run = Timing.measure(repeats: 1, warmup: 0) {
+          do {
+            let r = try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+            blackHole(r.output)
+          } catch { failure = error as? SubqError }
+        }
+        if let failure { throw failure }
+        samples += run.samples
+        cpuSamples += run.cpuSamples
       }
-      if let failure { throw failure }
+      let timing = Timing(samples: samples, cpuSamples: cpuSamples)
       var peakGFlops: Double? = nil, peakFraction: Double? = nil
       if config.interleavedPeak {
         measurePeak()
