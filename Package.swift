@@ -25,10 +25,11 @@ import PackageDescription
 let env = ProcessInfo.processInfo.environment
 let tuning = env["SUBQ_TARGET_CPU"].flatMap { $0.isEmpty ? nil : $0 } ?? "default"
 
+/// AVX-512 F and DQ (every AVX-512 CPU but Xeon Phi; the kernels use DQ's vreduceps).
 func hostHasAVX512() -> Bool {
   guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return false }
-  return info.split(separator: "\n").first { $0.hasPrefix("flags") }?
-    .split(separator: " ").contains("avx512f") ?? false
+  let flags = info.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ") ?? []
+  return flags.contains("avx512f") && flags.contains("avx512dq")
 }
 
 var computeFlags: [String] = []

@@ -1,11 +1,15 @@
 // Vectorized exponentials for the softmax.
 //
-// exp2 splits x into an integer n and a fraction f in [-0.5, 0.5] (round to nearest through the
-// 1.5·2²³ "magic number" addition), evaluates 2^f with a degree-6 polynomial fitted to Chebyshev
-// nodes (max relative error 1.1e-7 over the interval, measured in Float32), and multiplies by 2^n
-// built directly in the exponent bits. Inputs are clamped at -127 so that -∞ (a masked score)
-// gives exactly 0: n = -127 makes the 2^n factor the bit pattern 0. Inputs above +128 are not
-// expected (softmax arguments are ≤ 0). NaN propagates.
+// exp2 multiplies a polynomial for 2^f, f the fractional part of x, by 2^n, n its integer part.
+// On AVX-512 builds this is `subq_exp2_16` (SubqCShims): vreduceps for f = x − ⌊x⌋, a degree-5
+// polynomial and vscalefps, 7 instructions (8 micro-ops). Elsewhere it is written in Swift:
+// n = round(x) by the 1.5·2²³ "magic number" addition, f ∈ [−½, ½], a degree-6 polynomial fitted
+// to Chebyshev nodes (max relative error 1.1e-7 in Float32), and 2^n built directly in the
+// exponent bits, about 14 instructions; inputs are clamped at -127 so that -∞ (a masked score)
+// gives exactly 0 (n = -127 makes the 2^n factor the bit pattern 0). Both give exactly 0 for -∞
+// and NaN for NaN.
+
+import SubqCShims
 
 @usableFromInline let exp2C0: Float = 1.0
 @usableFromInline let exp2C1: Float = 6.9314718e-01
@@ -15,9 +19,15 @@
 @usableFromInline let exp2C5: Float = 1.3400433e-03
 @usableFromInline let exp2C6: Float = 1.5469732e-04
 
-/// 2^x lane-wise for x ≤ 128; exactly 0 for x ≤ -127 (including -∞).
+/// 2^x lane-wise for x < 127.5, with a relative error below 2e-7 where the result is a normal
+/// Float; exactly 0 for -∞ and for x ≤ -127 (other builds) or x ≤ -150 (AVX-512, where
+/// -150 < x < -126 gives subnormals); NaN stays NaN. Softmax arguments are ≤ 0 (plus a small
+/// headroom), far from the upper limit.
 @inlinable @inline(__always)
 package func exp2Lane(_ x0: Lane) -> Lane {
+  #if SUBQ_AVX512
+  return subq_exp2_16(x0)
+  #else
   let x = x0.replacing(with: -127, where: x0 .< -127)
   let magic = Lane(repeating: 12_582_912)  // 1.5 · 2^23
   let t = x + magic
@@ -33,9 +43,10 @@ package func exp2Lane(_ x0: Lane) -> Lane {
   let ni = unsafeBitCast(t, to: LaneInt.self) &- LaneInt(repeating: 0x4B40_0000)
   let scale = unsafeBitCast((ni &+ 127) &<< 23, to: Lane.self)
   return p * scale
+  #endif
 }
 
-/// e^x lane-wise for x ≤ 88; exactly 0 for x ≤ -88.03 (including -∞).
+/// e^x lane-wise for x < 88.3; exactly 0 for -∞ and far below (see `exp2Lane`).
 @inlinable @inline(__always)
 package func expLane(_ x: Lane) -> Lane {
   exp2Lane(x * Lane(repeating: 1.442_695_040_888_963_4))
