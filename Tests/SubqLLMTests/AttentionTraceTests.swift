@@ -168,6 +168,50 @@ struct AttentionTraceTests {
     #expect(session.stopTrace() === trace && session.trace == nil)
   }
 
+  /// Exact attention that throws from its second call on (layer 1 of a prefill): the step fails
+  /// after layer 0 recorded its rows.
+  struct FailsAfterFirstCall: AttentionMethod {
+    final class Calls: @unchecked Sendable { var count = 0 }
+    static let info = MethodInfo(name: "test-fails-later", summary: "throws from the second call on (test)", paper: "—", complexity: "—",
+                                 isExact: true, supportedFeatures: ["causal"])
+    let calls = Calls()
+    init(parameters: MethodParameters) throws(SubqError) {}
+    init() {}
+    func attention(queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions) throws(SubqError) -> AttentionResult {
+      calls.count += 1
+      if calls.count > 1 { throw .argument(op: "attention.test-fails-later", name: "call", value: "\(calls.count)", reason: "fails on purpose") }
+      return try FlashAttention().attention(queries: queries, keys: keys, values: values, options: options)
+    }
+  }
+
+  /// A step that fails in a later layer leaves the trace as it was (the rows layer 0 appended are
+  /// dropped), and the next step records the right positions.
+  @Test func aFailedStepRecordsNothing() throws {
+    let (tiny, url, dir) = try writeTinyModel(seed: testSeed(67))
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let model = try LlamaModel(path: url.path)
+    let toks = tokens(40, vocab: tiny.vocab, seed: 9)
+    let session = try LlamaSession(model: model, capacity: 40, threads: 2)
+    let trace = try session.startTrace(layers: [0, 1])
+    _ = try session.prefill(Array(toks[0..<25]))
+    session.attention = LLMAttention(method: FailsAfterFirstCall(), exactDecode: false)
+    #expect(throws: SubqError.self) { _ = try session.prefill(Array(toks[25..<40])) }
+    #expect(trace.count == 25 && session.position == 25)
+    // Other tokens at positions 25..<40 this time: rows of the failed step would differ.
+    let retry = tokens(15, vocab: tiny.vocab, seed: 10)
+    session.attention = .exact
+    _ = try session.prefill(retry)
+    let full = try LlamaSession(model: model, capacity: 40, threads: 2)
+    let all = try full.startTrace(layers: [0, 1])
+    _ = try full.prefill(Array(toks[0..<25]) + retry)
+    for l in [0, 1] {
+      let got = try trace.layer(l), want = try all.layer(l)
+      #expect(got.keys.shape == want.keys.shape && got.queries.shape == want.queries.shape)
+      let err = relativeError(got.keys, want.keys.scalars.map(Double.init))
+      #expect(err <= 1e-5, "layer \(l): keys after a failed step \(err)")
+    }
+  }
+
   @Test func badLayersThrow() throws {
     let (_, url, dir) = try writeTinyModel(seed: testSeed(64))
     defer { try? FileManager.default.removeItem(at: dir) }
