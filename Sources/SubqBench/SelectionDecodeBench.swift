@@ -43,6 +43,12 @@ import SubqKVSelection
 /// cluster (often fewer than 100), a query's top keys are decided by inner products of
 /// independent 128-dimensional noise vectors (see docs/KV-SELECTION.md). `gaussian` uses N(0, 1) keys, values and prefill queries and the same AR(1) drift for
 /// the decode queries (attention close to uniform).
+///
+/// `trace` (``Config/trace``) replaces the generated data with one layer of a real model's
+/// attention (``DecodeTrace``, from `subq trace`): the first `context` positions are the prompt in
+/// the cache and their queries the prefill queries; each decode step appends the next position's
+/// key and value and runs its queries. Heads, kv heads and head dimension are the trace's, the
+/// batch is 1, and `context + warmup + steps` must not exceed the recorded positions.
 public struct SelectionDecodeBench {
   /// The selection method.
   public enum Method: String, Sendable, CaseIterable, Codable {
@@ -62,6 +68,8 @@ public struct SelectionDecodeBench {
     public var storage = KVStorageType.float32
     public var pageSize = 64
     public var data = DataKind.structured
+    /// Recorded attention to replay instead of `data` (see the type's documentation).
+    public var trace: DecodeTrace? = nil
     public var clusters = 64
     /// Prefill queries generated per query head (the retrieval index samples from them).
     public var prefillQueries = 1024
@@ -86,7 +94,10 @@ public struct SelectionDecodeBench {
     public var warmup: Int
     public var batch: Int, heads: Int, kvHeads: Int, dim: Int
     public var storage: String
+    /// `structured`, `gaussian` or `trace`.
     public var data: String
+    /// The trace directory when `data` is `trace`.
+    public var trace: String?
     public var threads: Int
     /// Seconds to fill the cache (and generate data).
     public var setupSeconds: Double
@@ -154,6 +165,17 @@ public struct SelectionDecodeBench {
       throw .argument(op: op, name: name, value: "\(v)", reason: "must be at least 1")
     }
     if c.warmup < 0 { throw .argument(op: op, name: "--warmup", value: "\(c.warmup)", reason: "must be ≥ 0") }
+    if let t = c.trace {
+      let what = "the trace \(t.directory) has"
+      if c.batch != 1 { throw .argument(op: op, name: "--batch", value: "\(c.batch)", reason: "must be 1 with --trace (one recorded sequence)") }
+      if c.heads != t.heads { throw .argument(op: op, name: "--heads", value: "\(c.heads)", reason: "\(what) \(t.heads) query heads") }
+      if c.kvHeads != t.kvHeads { throw .argument(op: op, name: "--kv-heads", value: "\(c.kvHeads)", reason: "\(what) \(t.kvHeads) kv heads") }
+      if c.dim != t.dim { throw .argument(op: op, name: "--dim", value: "\(c.dim)", reason: "\(what) head dimension \(t.dim)") }
+      if c.context + c.warmup + c.steps > t.tokens {
+        throw .argument(op: op, name: "--context", value: "\(c.context)",
+                        reason: "\(what) \(t.tokens) positions: context + warmup (\(c.warmup)) + steps (\(c.steps)) must not exceed them (at most \(max(0, t.tokens - c.warmup - c.steps)))")
+      }
+    }
     if c.heads % c.kvHeads != 0 {
       throw .argument(op: op, name: "--heads", value: "\(c.heads)", reason: "must be a multiple of --kv-heads (\(c.kvHeads))")
     }
@@ -192,7 +214,7 @@ public struct SelectionDecodeBench {
     // direction, the content and locality strengths, and the context vector h's current value.
     let t0 = monotonicSeconds()
     var g = SeededGenerator(seed: c.seed)
-    let structured = c.data == .structured
+    let structured = c.data == .structured && c.trace == nil
     let rootD = Double(D).squareRoot()
     let C = structured ? Swift.max(c.clusters, c.context / 64) : 1
     func unit(_ g: inout SeededGenerator) -> [Float] {
@@ -268,9 +290,21 @@ public struct SelectionDecodeBench {
     }
 
     // Fill the context, a chunk at a time.
-    progress("filling the cache: \(B) × \(c.context) tokens, Hkv=\(Hkv), D=\(D), \(c.storage.rawValue), \(c.data.rawValue) data")
+    let dataName = c.trace != nil ? "trace" : c.data.rawValue
+    progress("filling the cache: \(B) × \(c.context) tokens, Hkv=\(Hkv), D=\(D), \(c.storage.rawValue), \(dataName) data")
     let chunk = 4096
-    for (b, s) in sequences.enumerated() {
+    if let trace = c.trace {
+      // The recorded prompt: its keys and values in the cache, its queries for the index.
+      var done = 0
+      while done < c.context {
+        let n = min(chunk, c.context - done)
+        try cache.append(sequences[0], keys: DecodeTrace.slice(trace.keys, done..<(done + n)),
+                         values: DecodeTrace.slice(trace.values, done..<(done + n)))
+        done += n
+      }
+      prefill[0] = DecodeTrace.slice(trace.queries, 0..<c.context)
+    }
+    for (b, s) in sequences.enumerated() where c.trace == nil {
       var done = 0
       var nextPrefill = [Int](repeating: 0, count: Hkv)
       while done < c.context {
@@ -345,7 +379,14 @@ public struct SelectionDecodeBench {
     progress("decoding: \(c.warmup) warm-up + \(c.steps) measured steps")
     for step in 0..<(c.warmup + c.steps) {
       // New token for every sequence, near its group's topic; the context vector moves on.
-      for (b, s) in sequences.enumerated() {
+      var q = Tensor(shape: [B, Hq, 1, D], repeating: 0)
+      if let trace = c.trace {
+        // The recorded next position: its key and value, then its queries.
+        let at = (c.context + step)..<(c.context + step + 1)
+        try cache.append(sequences[0], keys: DecodeTrace.slice(trace.keys, at), values: DecodeTrace.slice(trace.values, at))
+        q = try DecodeTrace.slice(trace.queries, at).reshaped([1, Hq, 1, D])
+      }
+      for (b, s) in sequences.enumerated() where c.trace == nil {
         let pos = c.context + step
         if structured && g.nextUnit() < c.topicSwitch {
           for h in 0..<Hq { topic[b * Hq + h] = pick(&g) }
@@ -365,16 +406,17 @@ public struct SelectionDecodeBench {
         try cache.append(s, keys: k, values: v)
       }
       // Queries: (structured) topic centre + drifting noise + context vector + sink direction.
-      for i in noise.indices { noise[i] = rho * noise[i] + fresh * Float(g.nextNormal()) }
-      var q = Tensor(shape: [B, Hq, 1, D], repeating: 0)
-      q.withUnsafeMutableBufferPointer { p in
-        for b in 0..<B {
-          for h in 0..<Hq {
-            let o = (b * Hq + h) * D
-            if structured {
-              structuredQuery(b, h / G, cluster: topic[b * Hq + h], noise: { noise[o + $0] }, into: p, at: o)
-            } else {
-              for d in 0..<D { p[o + d] = noise[o + d] }
+      if c.trace == nil {
+        for i in noise.indices { noise[i] = rho * noise[i] + fresh * Float(g.nextNormal()) }
+        q.withUnsafeMutableBufferPointer { p in
+          for b in 0..<B {
+            for h in 0..<Hq {
+              let o = (b * Hq + h) * D
+              if structured {
+                structuredQuery(b, h / G, cluster: topic[b * Hq + h], noise: { noise[o + $0] }, into: p, at: o)
+              } else {
+                for d in 0..<D { p[o + d] = noise[o + d] }
+              }
             }
           }
         }
@@ -473,7 +515,7 @@ public struct SelectionDecodeBench {
     let steps = Double(c.steps)
     return Report(
       method: c.method.rawValue, parameters: parameterValues, context: c.context, steps: c.steps, warmup: c.warmup, batch: B, heads: Hq, kvHeads: Hkv, dim: D,
-      storage: c.storage.rawValue, data: c.data.rawValue, threads: c.threads, setupSeconds: setupSeconds, buildSeconds: buildSeconds,
+      storage: c.storage.rawValue, data: dataName, trace: c.trace?.directory, threads: c.threads, setupSeconds: setupSeconds, buildSeconds: buildSeconds,
       indexBytes: indexBytes, buildQueries: buildQueries, cacheBytes: Int(bytes),
       exactMedianSeconds: exactMedian, exactMinSeconds: Timing(samples: exactTimes).min,
       methodMedianSeconds: methodMedian, methodMinSeconds: Timing(samples: methodTimes).min,

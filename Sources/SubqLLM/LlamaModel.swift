@@ -208,6 +208,8 @@ public final class LlamaSession: @unchecked Sendable {
   /// Positions in the cache.
   public private(set) var position = 0
   public var timings = LLMTimings()
+  /// The attention trace being recorded, if any (``startTrace(layers:)``).
+  public internal(set) var trace: AttentionTrace?
   let cache: PagedKVCache
   let sequence: PagedKVCache.SequenceID
 
@@ -262,6 +264,7 @@ public final class LlamaSession: @unchecked Sendable {
     // Cannot throw: the sequence exists and `length` is at most its length.
     try! cache.truncate(sequence, to: length)
     position = length
+    if let t = trace { t.truncate(to: length - t.startPosition) }
   }
 
   /// Runs `tokens` at the next positions and returns the logits of the last one (`[vocab]`).
@@ -368,6 +371,7 @@ public final class LlamaSession: @unchecked Sendable {
         rope.apply(kp, rows: n, heads: Hkv, threads: rowThreads)
         try store(layer: l, at: p0, count: n, k: kp, v: vp, ld: kvd)
         try attend(layer: l, plan: plan, q: q.pointer, n: n, keys: p0 + n, options: options, out: att.pointer)
+        trace?.append(layer: l, n: n, q: q.pointer, k: kp, v: vp, ld: kvd, out: att.pointer)
         QuantizedProducts.matmul([MatmulJob(w: layer.wo, x: att.pointer, ldx: qd, y: tmp.pointer, ldy: dim)], n: n, threads: threads)
         addInPlace(x.pointer, tmp.pointer, n * dim)
 
@@ -391,6 +395,7 @@ public final class LlamaSession: @unchecked Sendable {
       throw error
     }
     position = p0 + n
+    trace?.commit(n)
 
     var out = [Float](repeating: 0, count: outputRows.count * dim)
     outputNorm(rows: outputRows, x: x.pointer, into: &out)

@@ -48,21 +48,30 @@ struct DecodeBenchCommand: ParsableCommand {
       weight, weight on its top --recall-k keys). Method parameters (--param name=value): tokenselect: top-k, \
       init, local, cache, threshold; retrieval: sink, window, top-k, width, exact, grouped, half-search, patience, \
       warm-start, carry, build-queries, query-neighbors, degree, build-width, entry-points, alpha, seed. Options: --steps, --warmup, --data, --clusters, --prefill-queries, \
-      --drift, --topic-switch, --recall-k. Several --context lengths give one report each.
+      --drift, --topic-switch, --recall-k, --trace. Several --context lengths give one report each.
+
+      --trace DIR replays one layer of a real model's attention recorded by `subq trace` (DIR holds q.npy [Hq, N, D], \
+      k.npy and v.npy [Hkv, N, D], post-RoPE, Float32) instead of generated data: the first --context positions \
+      (default: N − warmup − steps) are the prompt in the cache and their queries the prefill queries the retrieval \
+      index is built from; each decode step appends the next position's key and value and runs its queries. Heads, \
+      kv heads and head dimension come from the files (--heads, --kv-heads, --dim may only repeat them), the batch is \
+      1, and the options that shape generated data (--data, --clusters, --prefill-queries, --drift, --topic-switch, \
+      --seed) are errors.
 
       An option that does not apply to the chosen method is an error.
       """)
 
   @Option(help: "Method: splitkv (exact), tokenselect or retrieval.") var method: DecodeBenchMethod = .splitkv
-  @Option(help: "Context lengths, comma-separated (K = 1024).") var context = "4096,32768,131072"
+  @Option(help: "Context lengths, comma-separated (K = 1024; default 4096,32768,131072, with --trace its length − warmup − steps).")
+  var context: String?
   @Option(help: "Sequences per step.") var batch = 1
   @Option(help: "Query heads (default: 32 for splitkv, 8 for tokenselect and retrieval).") var heads: Int?
   @Option(name: .customLong("kv-heads"), help: "Key/value heads (default: 8 for splitkv, 2 for tokenselect and retrieval).")
   var kvHeads: Int?
-  @Option(help: "Head dimension (keys and values).") var dim = 128
+  @Option(help: "Head dimension (keys and values; default 128).") var dim: Int?
   @Option(name: .customLong("kv-dtype"), help: "Cache storage: f32 or f16.") var kvDtype: KVStorageType = .float32
   @Option(name: .customLong("page-size"), help: "Tokens per cache page.") var pageSize = 64
-  @Option(help: "Data seed.") var seed: UInt64 = 1
+  @Option(help: "Data seed (default 1).") var seed: UInt64?
   @Option(help: "Worker threads (default: all cores).") var threads: Int?
   @Option(name: .customLong("param"), help: "Method parameter name=value (repeatable).") var params: [String] = []
   @Flag(help: "Print JSON instead of a table.") var json = false
@@ -85,18 +94,19 @@ struct DecodeBenchCommand: ParsableCommand {
   @Option(name: .customLong("topic-switch"), help: "Selection: probability per step that a sequence's heads switch topic (default 1/32).")
   var topicSwitch: Double?
   @Option(name: .customLong("recall-k"), help: "Selection: k of the top-k recall metrics (default 100).") var recallK: Int?
+  @Option(help: "Selection: replay this `subq trace` layer directory (q.npy, k.npy, v.npy) instead of generated data.")
+  var trace: String?
 
   func run() throws {
-    let contexts = try parseLengths(context, option: "--context")
     if let selection = method.selection {
       try rejectGiven([("--queries", queries != nil), ("--splits", splits != nil), ("--repeat", `repeat` != nil),
                        ("--peak-bandwidth", peakBandwidth != nil)])
-      try runSelection(selection, contexts: contexts)
+      try runSelection(selection)
     } else {
       try rejectGiven([("--steps", steps != nil), ("--warmup", warmup != nil), ("--data", data != nil), ("--clusters", clusters != nil),
                        ("--prefill-queries", prefillQueries != nil), ("--drift", drift != nil), ("--topic-switch", topicSwitch != nil),
-                       ("--recall-k", recallK != nil)])
-      try runSplitKV(contexts: contexts)
+                       ("--recall-k", recallK != nil), ("--trace", trace != nil)])
+      try runSplitKV(contexts: try parseLengths(context ?? "4096,32768,131072", option: "--context"))
     }
   }
 
@@ -110,6 +120,7 @@ struct DecodeBenchCommand: ParsableCommand {
 
   private func runSplitKV(contexts: [Int]) throws {
     let heads = heads ?? 32, kvHeads = kvHeads ?? 8, queries = queries ?? 1, repeats = `repeat` ?? 20
+    let dim = dim ?? 128, seed = seed ?? 1
     for (name, value) in [("--batch", batch), ("--heads", heads), ("--kv-heads", kvHeads), ("--dim", dim), ("--repeat", repeats),
                           ("--page-size", pageSize)] where value < 1 {
       throw SubqError.argument(op: "decode-bench", name: name, value: "\(value)", reason: "must be at least 1")
@@ -184,15 +195,27 @@ struct DecodeBenchCommand: ParsableCommand {
 
   // MARK: - KV selection against exact decoding
 
-  private func runSelection(_ selection: SelectionDecodeBench.Method, contexts: [Int]) throws {
+  private func runSelection(_ selection: SelectionDecodeBench.Method) throws {
     var config = SelectionDecodeBench.Config(method: selection)
     config.parameters = try parseParams(params, method: method.rawValue)
     if let v = steps { config.steps = v }
     if let v = warmup { config.warmup = v }
     config.batch = batch
+    if let trace {
+      // Recorded data: the options that shape generated data do not apply; the shape is the files'.
+      for (name, given) in [("--data", data != nil), ("--clusters", clusters != nil), ("--prefill-queries", prefillQueries != nil),
+                            ("--drift", drift != nil), ("--topic-switch", topicSwitch != nil), ("--seed", seed != nil)] where given {
+        throw SubqError.unsupported(op: "decode-bench", feature: name, reason: "shapes generated data; --trace replays recorded data")
+      }
+      let t = try DecodeTrace.load(directory: trace)
+      config.trace = t
+      config.heads = t.heads
+      config.kvHeads = t.kvHeads
+      config.dim = t.dim
+    }
     if let v = heads { config.heads = v }
     if let v = kvHeads { config.kvHeads = v }
-    config.dim = dim
+    if let v = dim { config.dim = v }
     config.storage = kvDtype
     config.pageSize = pageSize
     if let v = data { config.data = v }
@@ -201,8 +224,20 @@ struct DecodeBenchCommand: ParsableCommand {
     if let v = drift { config.drift = v }
     if let v = topicSwitch { config.topicSwitch = v }
     if let v = recallK { config.recallK = v }
-    config.seed = seed
+    if let seed { config.seed = seed }
     if let threads { config.threads = threads }
+    let contexts: [Int]
+    if let context {
+      contexts = try parseLengths(context, option: "--context")
+    } else if let t = config.trace {
+      contexts = [t.tokens - config.warmup - config.steps]
+      if contexts[0] < 1 {
+        throw SubqError.argument(op: "decode-bench", name: "--steps", value: "\(config.steps)",
+                                 reason: "the trace \(t.directory) has \(t.tokens) positions, too few for --warmup \(config.warmup) + --steps \(config.steps) and a context")
+      }
+    } else {
+      contexts = try parseLengths("4096,32768,131072", option: "--context")
+    }
     // Validate every length and the method's parameters before the first (long) run.
     for n in contexts {
       config.context = n
@@ -230,7 +265,7 @@ struct DecodeBenchCommand: ParsableCommand {
       print("")
       print("method \(r.method) \(r.parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
       print("context \(r.context) + \(r.warmup + r.steps) decoded, B=\(r.batch) Hq=\(r.heads) Hkv=\(r.kvHeads) D=\(r.dim) "
-            + "\(r.storage) data=\(r.data), \(r.steps) measured steps")
+            + "\(r.storage) data=\(r.trace.map { "trace \($0)" } ?? r.data), \(r.steps) measured steps")
       var t = TextTable(header: ["metric", "value"], rightAligned: [1])
       t.add(["exact split-KV step (median / mean / min)",
              "\(formatSeconds(r.exactMedianSeconds)) / \(formatSeconds(r.exactMeanSeconds)) / \(formatSeconds(r.exactMinSeconds))"])

@@ -32,6 +32,7 @@ struct Subq: ParsableCommand {
       PerplexityCommand.self,
       NeedleCommand.self,
       TokenizeCommand.self,
+      TraceCommand.self,
     ])
 
   static func main() {
