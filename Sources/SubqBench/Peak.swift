@@ -12,6 +12,19 @@ public struct MachinePeak: Sendable, Codable, Equatable {
   public var threads: Int
   /// Copy bandwidth on all threads, GB/s counting bytes read + written.
   public var copyBandwidth: Double
+  /// The all-thread FMA rate held over seconds (``measureSustained(threads:seconds:)``), when asked for.
+  public var sustained: SustainedRate?
+
+  /// The all-thread FMA rate measured in consecutive ~0.1 s slices: whether the short runs of
+  /// ``flopsAllThreads`` reflect what a kernel running for seconds can get (turbo budgets, other
+  /// tenants of the host).
+  public struct SustainedRate: Sendable, Codable, Equatable {
+    /// Seconds measured.
+    public var seconds: Double
+    /// GFLOP/s of each slice, in order.
+    public var slices: [Double]
+    public var median: Double { slices.sorted()[slices.count / 2] }
+  }
 
   /// Measures the limits; takes about a second.
   public static func measure(threads: Int = Parallel.defaultThreads) -> MachinePeak {
@@ -21,10 +34,18 @@ public struct MachinePeak: Sendable, Codable, Equatable {
     return MachinePeak(flopsOneThread: one, flopsAllThreads: all, threads: threads, copyBandwidth: bw)
   }
 
+  /// The FMA rate on `threads` threads over `seconds`, in slices of about 0.1 s.
+  public static func measureSustained(threads: Int, seconds: Double) -> SustainedRate {
+    // Calibrate the slice length on one short run.
+    let probe = fmaRate(threads: threads)
+    let perSlice = Swift.max(1, Int(0.1 * probe * 1e9 / (Double(threads) * 12 * 2 * Double(laneWidth))))
+    let count = Swift.max(1, Int((seconds / 0.1).rounded()))
+    return SustainedRate(seconds: seconds, slices: (0..<count).map { _ in fmaRate(threads: threads, iterations: perSlice) })
+  }
+
   /// GFLOP/s of 12 independent chains of lane-wide FMAs per thread (enough to cover the FMA
-  /// latency on two pipes), for about 0.1 s.
-  static func fmaRate(threads: Int) -> Double {
-    let iterations = 4_000_000
+  /// latency on two pipes); the default 4M iterations take about 10 ms on AVX-512.
+  static func fmaRate(threads: Int, iterations: Int = 4_000_000) -> Double {
     let t0 = monotonicSeconds()
     let sink = AlignedBuffer<Float>(count: threads * 16)
     let s = SendablePointer(sink.pointer)
