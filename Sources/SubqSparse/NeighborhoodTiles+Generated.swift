@@ -891,4 +891,319 @@ extension NeighborhoodTiles {
     default: preconditionFailure("no neighborhood tile \(rows)x\(width)")
     }
   }
+
+  /// Natural-layout value update of 1 query × 1 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn1x1(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth)
+    var k = 0
+    for x in 0..<rows {
+      let vx = v + x * vRow, px0 = p0 + x * pRow
+      var j = a0
+      while j < e0 {
+        let vj = vx + j * vCol
+        let v0 = loadLane(vj + 0 * laneWidth)
+        let b0 = Lane(repeating: px0[j * pStep])
+        c00 = fmadd(c00, b0, v0)
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        j += 1
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth)
+  }
+
+  /// Natural-layout value update of 1 query × 2 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn1x2(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth)
+    var k = 0
+    for x in 0..<rows {
+      let vx = v + x * vRow, px0 = p0 + x * pRow
+      var j = a0
+      while j < e0 {
+        let vj = vx + j * vCol
+        let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+        let b0 = Lane(repeating: px0[j * pStep])
+        c00 = fmadd(c00, b0, v0); c01 = fmadd(c01, b0, v1)
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        j += 1
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
+  }
+
+  /// Natural-layout value update of 1 query × 3 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn1x3(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth)
+    var k = 0
+    for x in 0..<rows {
+      let vx = v + x * vRow, px0 = p0 + x * pRow
+      var j = a0
+      while j < e0 {
+        let vj = vx + j * vCol
+        let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+        let b0 = Lane(repeating: px0[j * pStep])
+        c00 = fmadd(c00, b0, v0); c01 = fmadd(c01, b0, v1); c02 = fmadd(c02, b0, v2)
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        j += 1
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
+  }
+
+  /// Natural-layout value update of 1 query × 4 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn1x4(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth); var c03 = loadLane(o0 + 3 * laneWidth)
+    var k = 0
+    for x in 0..<rows {
+      let vx = v + x * vRow, px0 = p0 + x * pRow
+      var j = a0
+      while j < e0 {
+        let vj = vx + j * vCol
+        let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+        let b0 = Lane(repeating: px0[j * pStep])
+        c00 = fmadd(c00, b0, v0); c01 = fmadd(c01, b0, v1); c02 = fmadd(c02, b0, v2); c03 = fmadd(c03, b0, v3)
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        j += 1
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
+  }
+
+  /// Natural-layout value update of 2 queries × 1 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn2x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth)
+    var k = 0
+    for x in 0..<rows {
+      let vx = v + x * vRow
+      let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
+      do {
+        var j = a0
+        let end = min(a1, e0)
+        while j < end {
+          let vj = vx + j * vCol
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0) }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          j += 1
+        }
+      }
+      do {
+        var j = a1
+        let end = e0
+        while j < end {
+          let vj = vx + j * vCol
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0) }
+          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0) }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          j += 1
+        }
+      }
+      do {
+        var j = max(a1, e0)
+        let end = e1
+        while j < end {
+          let vj = vx + j * vCol
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0) }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          j += 1
+        }
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth)
+  }
+
+  /// Natural-layout value update of 2 queries × 2 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn2x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth)
+    var k = 0
+    for x in 0..<rows {
+      let vx = v + x * vRow
+      let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
+      do {
+        var j = a0
+        let end = min(a1, e0)
+        while j < end {
+          let vj = vx + j * vCol
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          j += 1
+        }
+      }
+      do {
+        var j = a1
+        let end = e0
+        while j < end {
+          let vj = vx + j * vCol
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          j += 1
+        }
+      }
+      do {
+        var j = max(a1, e0)
+        let end = e1
+        while j < end {
+          let vj = vx + j * vCol
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          j += 1
+        }
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth)
+  }
+
+  /// Natural-layout value update of 2 queries × 3 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn2x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth)
+    var k = 0
+    for x in 0..<rows {
+      let vx = v + x * vRow
+      let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
+      do {
+        var j = a0
+        let end = min(a1, e0)
+        while j < end {
+          let vj = vx + j * vCol
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          j += 1
+        }
+      }
+      do {
+        var j = a1
+        let end = e0
+        while j < end {
+          let vj = vx + j * vCol
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          j += 1
+        }
+      }
+      do {
+        var j = max(a1, e0)
+        let end = e1
+        while j < end {
+          let vj = vx + j * vCol
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          j += 1
+        }
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth)
+  }
+
+  /// Natural-layout value update of 2 queries × 4 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn2x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth); var c03 = loadLane(o0 + 3 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth); var c13 = loadLane(o1 + 3 * laneWidth)
+    var k = 0
+    for x in 0..<rows {
+      let vx = v + x * vRow
+      let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
+      do {
+        var j = a0
+        let end = min(a1, e0)
+        while j < end {
+          let vj = vx + j * vCol
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          j += 1
+        }
+      }
+      do {
+        var j = a1
+        let end = e0
+        while j < end {
+          let vj = vx + j * vCol
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          j += 1
+        }
+      }
+      do {
+        var j = max(a1, e0)
+        let end = e1
+        while j < end {
+          let vj = vx + j * vCol
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          j += 1
+        }
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth); storeLane(c13, o1 + 3 * laneWidth)
+  }
+
+  /// `pvn{queries}x{vectors}`: query t's probabilities at `p + t·pQuery` (indexed by absolute key column j
+  /// and key row x as `[x·pRow + j·pStep]`), its key columns `a_t ..< e_t`, its outputs at `o + t·oStride`.
+  @inline(__always)
+  static func pvn(queries: Int, vectors: Int, p: UnsafePointer<Float>, pQuery: Int, pStep: Int, pRow: Int,
+                  v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int, a0: Int, e0: Int, a1: Int, e1: Int,
+                  o: UnsafeMutablePointer<Float>, oStride: Int, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    switch (queries, vectors) {
+    case (1, 1): pvn1x1(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride, pf: pf, pfLast: pfLast)
+    case (1, 2): pvn1x2(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride, pf: pf, pfLast: pfLast)
+    case (1, 3): pvn1x3(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride, pf: pf, pfLast: pfLast)
+    case (1, 4): pvn1x4(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride, pf: pf, pfLast: pfLast)
+    case (2, 1): pvn2x1(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride, pf: pf, pfLast: pfLast)
+    case (2, 2): pvn2x2(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride, pf: pf, pfLast: pfLast)
+    case (2, 3): pvn2x3(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride, pf: pf, pfLast: pfLast)
+    case (2, 4): pvn2x4(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride, pf: pf, pfLast: pfLast)
+    default: preconditionFailure("no natural neighborhood tile \(queries)x\(vectors)")
+    }
+  }
 }
