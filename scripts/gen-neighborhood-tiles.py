@@ -78,7 +78,7 @@ def pv(R, W):
     return L
 
 
-NAT_QUERIES = [1, 2]
+NAT_QUERIES = [1, 2, 3, 4]
 NAT_VECTORS = [1, 2, 3, 4]
 
 
@@ -113,6 +113,43 @@ def pvn(Q, NV):
         L.append("        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k")
         L.append("        j += 1")
         L.append("      }")
+        L.append("    }")
+    elif Q >= 3:
+        # Segments between consecutive window bounds; in each, queries lo...hi see the keys
+        # (lo = windows already ended, hi = windows already started − 1). Each segment runs over
+        # every key row with the same active queries.
+        L.append("    var k = 0")
+        L.append(f"    var j = a0")
+        L.append(f"    let jEnd = e{Q-1}")
+        L.append("    while j < jEnd {")
+        L.append("      let lo = " + " + ".join(f"(e{t} <= j ? 1 : 0)" for t in range(Q - 1)))
+        L.append("      let hi = " + " + ".join(f"(a{t} <= j ? 1 : 0)" for t in range(1, Q)))
+        nxt = "jEnd"
+        for t in range(1, Q):
+            nxt = f"min({nxt}, a{t} > j ? a{t} : jEnd)"
+        for t in range(Q - 1):
+            nxt = f"min({nxt}, e{t} > j ? e{t} : jEnd)"
+        L.append(f"      let next = {nxt}")
+        L.append("      switch (lo, hi) {")
+        for lo in range(Q):
+            for hi in range(lo, Q):
+                L.append(f"      case ({lo}, {hi}):")
+                L.append("        for x in 0..<rows {")
+                L.append("          let vx = v + x * vRow")
+                L.append("          " + "; ".join(f"let px{t} = p{t} + x * pRow" for t in range(lo, hi + 1)))
+                L.append("          var jj = j")
+                L.append("          while jj < next {")
+                L.append("            let vj = vx + jj * vCol")
+                L.append("            " + "; ".join(f"let v{c} = loadLane(vj + {c} * laneWidth)" for c in range(NV)))
+                for t in range(lo, hi + 1):
+                    L.append(f"            do {{ let b = Lane(repeating: px{t}[jj * pStep]); " + "; ".join(f"c{t}{c} = fmadd(c{t}{c}, b, v{c})" for c in range(NV)) + " }")
+                L.append("            jj += 1")
+                L.append("          }")
+                L.append("          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k")
+                L.append("        }")
+        L.append("      default: break  // no query sees these keys (windows apart)")
+        L.append("      }")
+        L.append("      j = next")
         L.append("    }")
     else:
         # Segment bounds: sorted window starts and ends.
@@ -150,6 +187,7 @@ def pvn_dispatch():
     L.append("  @inline(__always)")
     L.append("  static func pvn(queries: Int, vectors: Int, p: UnsafePointer<Float>, pQuery: Int, pStep: Int, pRow: Int,")
     L.append("                  v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int, a0: Int, e0: Int, a1: Int, e1: Int,")
+    L.append("                  a2: Int, e2: Int, a3: Int, e3: Int,")
     L.append("                  o: UnsafeMutablePointer<Float>, oStride: Int, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {")
     L.append("    switch (queries, vectors) {")
     for Q in NAT_QUERIES:

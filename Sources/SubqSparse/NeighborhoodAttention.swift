@@ -333,6 +333,14 @@ struct NeighborhoodPlan: Sendable {
   /// Prefetch list: capacity (entries) before the padding, and the padding.
   let pfCapacity: Int, pfPad: Int
 
+  /// Queries per register tile of the natural-layout value step: 4 × up to 4 channel vectors of
+  /// accumulators on AVX-512 (32 registers), 2 on AVX2 and NEON (16).
+  #if SUBQ_AVX512
+  static let pvQueries = 4
+  #else
+  static let pvQueries = 2
+  #endif
+
   static let log2e: Float = 1.442_695_040_888_963_4
   static let ln2: Float = 0.693_147_180_559_945_3
 
@@ -558,10 +566,31 @@ struct NeighborhoodPlan: Sendable {
         for c in stride(from: 0, to: pLo, by: Lw) { storeLane(Lane(), row + c) }
         for c in stride(from: pHi, to: rowStride, by: Lw) { storeLane(Lane(), row + c) }
       }
+      let step = ax2.dilation * rows.rowStride
       var c2 = first
       while c2 < end {
         let inside = c2 >= keys.lowerBound && c2 + Lw <= keys.upperBound
         let col = dst + padL + c2 - cs
+        if inside && full == width {
+          // A whole vector of columns inside the grid: each 16×16 block goes from the source
+          // rows to the packed row in registers. Two partial check sums (see `copyVectors`).
+          let base = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2))
+          var s0 = Lane(), s1 = Lane()
+          var d0 = 0
+          while d0 < full {
+            LaneTranspose.transpose(
+              load: { i in
+                let e = loadLane(base + LaneTranspose.rev(i) * step + d0)
+                if i & 1 == 0 { s0 += e } else { s1 += e }
+                return e
+              },
+              store: { i, e in storeLane(e, col + (d0 + LaneTranspose.rev(i)) * rowStride) })
+            d0 += Lw
+          }
+          check += s0 + s1
+          c2 += Lw
+          continue
+        }
         // Each source row is read front to back (sequential lines for the hardware prefetcher)
         // into `block`: row l of the 16 goes to row rev(l) of each 16×16 block, as the
         // transposition wants; a column outside `keys` is a zero row. The check is one add per
@@ -708,7 +737,25 @@ struct NeighborhoodPlan: Sendable {
     let m16 = UnsafeMutableRawPointer(scratch + tOff).assumingMemoryBound(to: Lane.self)
     let scaleV = Lane(repeating: qScale)
     for r in 0..<R {
-      if real == Lw {
+      if real == Lw && D % Lw == 0 {
+        // Whole lane vector and whole blocks: each 16×16 (8×8) block goes from the query rows to
+        // Qᵀ in registers, scaled on the way.
+        let base = q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0))
+        let step = ax2.dilation * qr.rowStride
+        var s0 = Lane(), s1 = Lane()
+        var d0 = 0
+        while d0 < D {
+          LaneTranspose.transpose(
+            load: { i in
+              let e = loadLane(base + LaneTranspose.rev(i) * step + d0)
+              if i & 1 == 0 { s0 += e } else { s1 += e }
+              return e
+            },
+            store: { i, e in qt[r * D + d0 + LaneTranspose.rev(i)] = e * scaleV })
+          d0 += Lw
+        }
+        check += s0 + s1
+      } else if real == Lw {
         // Whole lane vector: 16×16 (8×8) blocks transposed in registers.
         // Each query row read front to back into the transpose area (see `pack`).
         let full = D / Lw * Lw
@@ -875,28 +922,29 @@ struct NeighborhoodPlan: Sendable {
             }
             // 3. Values.
             if naturalV {
-              // V as stored, two queries (lanes) at a time; each query's accumulators stay in
-              // registers over all key rows of the chunk it sees. The rows of the tile go inside
-              // the loop over lane pairs: they read mostly the same V rows (k₁ + R − 1 key rows ×
-              // the pair's few key columns), which then stay in L1.
+              // V as stored, `pvQueries` queries (lanes) at a time; each query's accumulators stay
+              // in registers over all key rows of the chunk it sees. The rows of the tile go inside
+              // the loop over lane groups: they read mostly the same V rows (k₁ + R − 1 key rows ×
+              // the group's few key columns), which then stay in L1.
               let stF = UnsafeMutableRawPointer(st).assumingMemoryBound(to: Float.self)
               let vz = v + p.valueRows.offset(batch: b, head: g, row: position(s, z, 0, 0))
               var l = 0
               while l < real {
-                let nq = l + 1 < real ? 2 : 1
+                let nq = min(NeighborhoodPlan.pvQueries, real - l)
+                // Key columns (absolute) of the group's queries within this chunk's offsets; empty
+                // (a ≥ e) for a query that sees none. Windows are monotone, so are a and e.
+                let i = i0 + l
+                func bounds(_ t: Int) -> (Int, Int) {
+                  if t >= nq { return (0, 0) }
+                  let w = ax2.windowStart(i + t, groupLength: s.n2)
+                  return (max(w, i + t + oc), min(w + ax2.windowCount(i + t), i + t + oe))
+                }
+                let (a0, e0) = bounds(0), (a1, e1) = bounds(1), (a2, e2) = bounds(2), (a3, e3) = bounds(3)
+                let keysSeen = max(0, (nq == 1 ? e0 : nq == 2 ? e1 : nq == 3 ? e2 : e3) - a0)
                 for r in 0..<R {
                   let xr0 = max(xc, xStart(r)), xr1 = min(xe, xEnd(r))
                   if xr0 >= xr1 { continue }
                   let vx = vz + xr0 * vRow
-                  // Key columns of the two queries (absolute), within this chunk's offsets.
-                  let i = i0 + l
-                  let w0 = ax2.windowStart(i, groupLength: s.n2)
-                  let a0 = max(w0, i + oc), e0 = min(w0 + ax2.windowCount(i), i + oe)
-                  var a1 = 0, e1 = 0
-                  if nq == 2 {
-                    let w1 = ax2.windowStart(i + 1, groupLength: s.n2)
-                    a1 = max(w1, i + 1 + oc); e1 = min(w1 + ax2.windowCount(i + 1), i + 1 + oe)
-                  }
                   // Lane l's score for key column j of row x sits at float
                   // ((r·sRow + (x − xc)·go + j − i − oc)·Lw + l) of the scores.
                   let pBase = stF + ((r * sRow + (xr0 - xc) * go - i - oc) * Lw + l)
@@ -905,8 +953,9 @@ struct NeighborhoodPlan: Sendable {
                     let nv = min(4, (Dv - cb) / Lw)
                     NeighborhoodTiles.pvn(queries: nq, vectors: nv, p: pBase, pQuery: 1 - Lw, pStep: Lw, pRow: go * Lw,
                                           v: vx + cb, vCol: vCol, vRow: vRow, rows: xr1 - xr0, a0: a0, e0: e0, a1: a1, e1: e1,
+                                          a2: a2, e2: e2, a3: a3, e3: e3,
                                           o: otF + (r * Lw + l) * Dv + cb, oStride: Dv, pf: pf + pfAt, pfLast: pfCount + pfPad - 1 - pfAt)
-                    pfAt = min(pfAt + (xr1 - xr0) * max(0, max(e0, e1) - a0), pfCount)
+                    pfAt = min(pfAt + (xr1 - xr0) * (nq > 2 ? 2 * nq - 1 : keysSeen), pfCount)
                     cb += nv * Lw
                   }
                 }
