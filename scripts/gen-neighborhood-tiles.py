@@ -91,7 +91,7 @@ def pvn(Q, NV):
     L = []
     L.append(f"  /// Natural-layout value update of {Q} quer{'y' if Q == 1 else 'ies'} × {NV} channel vector(s), over `rows` key rows:")
     L.append("  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.")
-    L.append("  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).")
+    L.append("  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).")
     L.append("  @inline(__always)")
     ps = ", ".join(f"_ p{t}: UnsafePointer<Float>" for t in range(Q))
     os_ = ", ".join(f"_ o{t}: UnsafeMutablePointer<Float>" for t in range(Q))
@@ -100,20 +100,28 @@ def pvn(Q, NV):
     L.append(f"                      {bounds}, {os_}, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {{")
     for t in range(Q):
         L.append("    " + "; ".join(f"var c{t}{c} = loadLane(o{t} + {c} * laneWidth)" for c in range(NV)))
-    if Q == 1:
+    if Q <= 2:
+        # Segments: [a0, min(a1, e0)) query 0 only, [a1, e0) both, [max(a1, e0), e1) query 1 only.
+        # Key columns outside, key rows inside (see below).
+        segs = [("a0", "e0", [0])] if Q == 1 else [("a0", "min(a1, e0)", [0]), ("a1", "e0", [0, 1]), ("max(a1, e0)", "e1", [1])]
         L.append("    var k = 0")
-        L.append("    for x in 0..<rows {")
-        L.append("      let vx = v + x * vRow, px0 = p0 + x * pRow")
-        L.append("      var j = a0")
-        L.append("      while j < e0 {")
-        L.append("        let vj = vx + j * vCol")
-        L.append("        " + "; ".join(f"let v{c} = loadLane(vj + {c} * laneWidth)" for c in range(NV)))
-        L.append("        let b0 = Lane(repeating: px0[j * pStep])")
-        L.append("        " + "; ".join(f"c0{c} = fmadd(c0{c}, b0, v{c})" for c in range(NV)))
-        L.append("        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k")
-        L.append("        j += 1")
-        L.append("      }")
-        L.append("    }")
+        for (lo, hi, act) in segs:
+            L.append("    do {")
+            L.append(f"      var jj = {lo}")
+            L.append(f"      let end = {hi}")
+            L.append("      while jj < end {")
+            L.append("        var vj = v + jj * vCol")
+            L.append("        " + "; ".join(f"var pj{t} = p{t} + jj * pStep" for t in act))
+            L.append("        for _ in 0..<rows {")
+            L.append("          " + "; ".join(f"let v{c} = loadLane(vj + {c} * laneWidth)" for c in range(NV)))
+            for t in act:
+                L.append(f"          do {{ let b = Lane(repeating: pj{t}[0]); " + "; ".join(f"c{t}{c} = fmadd(c{t}{c}, b, v{c})" for c in range(NV)) + " }")
+            L.append("          vj += vRow; " + "; ".join(f"pj{t} += pRow" for t in act))
+            L.append("        }")
+            L.append("        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k")
+            L.append("        jj += 1")
+            L.append("      }")
+            L.append("    }")
     elif Q >= 3:
         # Segments between consecutive window bounds; in each, queries lo...hi see the keys
         # (lo = windows already ended, hi = windows already started − 1). Each segment runs over
@@ -133,46 +141,25 @@ def pvn(Q, NV):
         L.append("      switch (lo, hi) {")
         for lo in range(Q):
             for hi in range(lo, Q):
+                # Key columns outside, key rows inside: the inner trip count is the same (the
+                # rows seen) in every segment, so its exit branch predicts well.
                 L.append(f"      case ({lo}, {hi}):")
-                L.append("        for x in 0..<rows {")
-                L.append("          let vx = v + x * vRow")
-                L.append("          " + "; ".join(f"let px{t} = p{t} + x * pRow" for t in range(lo, hi + 1)))
-                L.append("          var jj = j")
-                L.append("          while jj < next {")
-                L.append("            let vj = vx + jj * vCol")
+                L.append("        var jj = j")
+                L.append("        while jj < next {")
+                L.append("          var vj = v + jj * vCol")
+                L.append("          " + "; ".join(f"var pj{t} = p{t} + jj * pStep" for t in range(lo, hi + 1)))
+                L.append("          for _ in 0..<rows {")
                 L.append("            " + "; ".join(f"let v{c} = loadLane(vj + {c} * laneWidth)" for c in range(NV)))
                 for t in range(lo, hi + 1):
-                    L.append(f"            do {{ let b = Lane(repeating: px{t}[jj * pStep]); " + "; ".join(f"c{t}{c} = fmadd(c{t}{c}, b, v{c})" for c in range(NV)) + " }")
-                L.append("            jj += 1")
+                    L.append(f"            do {{ let b = Lane(repeating: pj{t}[0]); " + "; ".join(f"c{t}{c} = fmadd(c{t}{c}, b, v{c})" for c in range(NV)) + " }")
+                L.append("            vj += vRow; " + "; ".join(f"pj{t} += pRow" for t in range(lo, hi + 1)))
                 L.append("          }")
                 L.append("          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k")
+                L.append("          jj += 1")
                 L.append("        }")
         L.append("      default: break  // no query sees these keys (windows apart)")
         L.append("      }")
         L.append("      j = next")
-        L.append("    }")
-    else:
-        # Segment bounds: sorted window starts and ends.
-        L.append("    var k = 0")
-        L.append("    for x in 0..<rows {")
-        L.append("      let vx = v + x * vRow")
-        L.append("      " + "; ".join(f"let px{t} = p{t} + x * pRow" for t in range(Q)))
-        # Q == 2 segments: [a0, min(a1, e0)) q0; [a1, e0) both; [max(a1, e0), e1) q1.
-        assert Q == 2
-        segs = [("a0", "min(a1, e0)", [0]), ("a1", "e0", [0, 1]), ("max(a1, e0)", "e1", [1])]
-        for (lo, hi, act) in segs:
-            L.append(f"      do {{")
-            L.append(f"        var j = {lo}")
-            L.append(f"        let end = {hi}")
-            L.append(f"        while j < end {{")
-            L.append("          let vj = vx + j * vCol")
-            L.append("          " + "; ".join(f"let v{c} = loadLane(vj + {c} * laneWidth)" for c in range(NV)))
-            for t in act:
-                L.append(f"          do {{ let b = Lane(repeating: px{t}[j * pStep]); " + "; ".join(f"c{t}{c} = fmadd(c{t}{c}, b, v{c})" for c in range(NV)) + " }")
-            L.append("          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k")
-            L.append("          j += 1")
-            L.append("        }")
-            L.append("      }")
         L.append("    }")
     for t in range(Q):
         L.append("    " + "; ".join(f"storeLane(c{t}{c}, o{t} + {c} * laneWidth)" for c in range(NV)))

@@ -955,7 +955,7 @@ struct NeighborhoodPlan: Sendable {
                                           v: vx + cb, vCol: vCol, vRow: vRow, rows: xr1 - xr0, a0: a0, e0: e0, a1: a1, e1: e1,
                                           a2: a2, e2: e2, a3: a3, e3: e3,
                                           o: otF + (r * Lw + l) * Dv + cb, oStride: Dv, pf: pf + pfAt, pfLast: pfCount + pfPad - 1 - pfAt)
-                    pfAt = min(pfAt + (xr1 - xr0) * (nq > 2 ? 2 * nq - 1 : keysSeen), pfCount)
+                    pfAt = min(pfAt + keysSeen, pfCount)
                     cb += nv * Lw
                   }
                 }

@@ -894,22 +894,25 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 1 query × 1 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn1x1(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = loadLane(o0 + 0 * laneWidth)
     var k = 0
-    for x in 0..<rows {
-      let vx = v + x * vRow, px0 = p0 + x * pRow
-      var j = a0
-      while j < e0 {
-        let vj = vx + j * vCol
-        let v0 = loadLane(vj + 0 * laneWidth)
-        let b0 = Lane(repeating: px0[j * pStep])
-        c00 = fmadd(c00, b0, v0)
+    do {
+      var jj = a0
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+          vj += vRow; pj0 += pRow
+        }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-        j += 1
+        jj += 1
       }
     }
     storeLane(c00, o0 + 0 * laneWidth)
@@ -917,22 +920,25 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 1 query × 2 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn1x2(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth)
     var k = 0
-    for x in 0..<rows {
-      let vx = v + x * vRow, px0 = p0 + x * pRow
-      var j = a0
-      while j < e0 {
-        let vj = vx + j * vCol
-        let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-        let b0 = Lane(repeating: px0[j * pStep])
-        c00 = fmadd(c00, b0, v0); c01 = fmadd(c01, b0, v1)
+    do {
+      var jj = a0
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+          vj += vRow; pj0 += pRow
+        }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-        j += 1
+        jj += 1
       }
     }
     storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
@@ -940,22 +946,25 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 1 query × 3 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn1x3(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth)
     var k = 0
-    for x in 0..<rows {
-      let vx = v + x * vRow, px0 = p0 + x * pRow
-      var j = a0
-      while j < e0 {
-        let vj = vx + j * vCol
-        let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-        let b0 = Lane(repeating: px0[j * pStep])
-        c00 = fmadd(c00, b0, v0); c01 = fmadd(c01, b0, v1); c02 = fmadd(c02, b0, v2)
+    do {
+      var jj = a0
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+          vj += vRow; pj0 += pRow
+        }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-        j += 1
+        jj += 1
       }
     }
     storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
@@ -963,22 +972,25 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 1 query × 4 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn1x4(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth); var c03 = loadLane(o0 + 3 * laneWidth)
     var k = 0
-    for x in 0..<rows {
-      let vx = v + x * vRow, px0 = p0 + x * pRow
-      var j = a0
-      while j < e0 {
-        let vj = vx + j * vCol
-        let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-        let b0 = Lane(repeating: px0[j * pStep])
-        c00 = fmadd(c00, b0, v0); c01 = fmadd(c01, b0, v1); c02 = fmadd(c02, b0, v2); c03 = fmadd(c03, b0, v3)
+    do {
+      var jj = a0
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+          vj += vRow; pj0 += pRow
+        }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-        j += 1
+        jj += 1
       }
     }
     storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
@@ -986,49 +998,57 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 2 queries × 1 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn2x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = loadLane(o0 + 0 * laneWidth)
     var c10 = loadLane(o1 + 0 * laneWidth)
     var k = 0
-    for x in 0..<rows {
-      let vx = v + x * vRow
-      let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
-      do {
-        var j = a0
-        let end = min(a1, e0)
-        while j < end {
-          let vj = vx + j * vCol
+    do {
+      var jj = a0
+      let end = min(a1, e0)
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth)
-          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0) }
-          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-          j += 1
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+          vj += vRow; pj0 += pRow
         }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
       }
-      do {
-        var j = a1
-        let end = e0
-        while j < end {
-          let vj = vx + j * vCol
+    }
+    do {
+      var jj = a1
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth)
-          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0) }
-          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0) }
-          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-          j += 1
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+          vj += vRow; pj0 += pRow; pj1 += pRow
         }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
       }
-      do {
-        var j = max(a1, e0)
-        let end = e1
-        while j < end {
-          let vj = vx + j * vCol
+    }
+    do {
+      var jj = max(a1, e0)
+      let end = e1
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth)
-          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0) }
-          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-          j += 1
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+          vj += vRow; pj1 += pRow
         }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
       }
     }
     storeLane(c00, o0 + 0 * laneWidth)
@@ -1037,49 +1057,57 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 2 queries × 2 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn2x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth)
     var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth)
     var k = 0
-    for x in 0..<rows {
-      let vx = v + x * vRow
-      let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
-      do {
-        var j = a0
-        let end = min(a1, e0)
-        while j < end {
-          let vj = vx + j * vCol
+    do {
+      var jj = a0
+      let end = min(a1, e0)
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-          j += 1
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+          vj += vRow; pj0 += pRow
         }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
       }
-      do {
-        var j = a1
-        let end = e0
-        while j < end {
-          let vj = vx + j * vCol
+    }
+    do {
+      var jj = a1
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-          j += 1
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+          vj += vRow; pj0 += pRow; pj1 += pRow
         }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
       }
-      do {
-        var j = max(a1, e0)
-        let end = e1
-        while j < end {
-          let vj = vx + j * vCol
+    }
+    do {
+      var jj = max(a1, e0)
+      let end = e1
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-          j += 1
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+          vj += vRow; pj1 += pRow
         }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
       }
     }
     storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
@@ -1088,49 +1116,57 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 2 queries × 3 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn2x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth)
     var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth)
     var k = 0
-    for x in 0..<rows {
-      let vx = v + x * vRow
-      let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
-      do {
-        var j = a0
-        let end = min(a1, e0)
-        while j < end {
-          let vj = vx + j * vCol
+    do {
+      var jj = a0
+      let end = min(a1, e0)
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-          j += 1
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+          vj += vRow; pj0 += pRow
         }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
       }
-      do {
-        var j = a1
-        let end = e0
-        while j < end {
-          let vj = vx + j * vCol
+    }
+    do {
+      var jj = a1
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-          j += 1
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+          vj += vRow; pj0 += pRow; pj1 += pRow
         }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
       }
-      do {
-        var j = max(a1, e0)
-        let end = e1
-        while j < end {
-          let vj = vx + j * vCol
+    }
+    do {
+      var jj = max(a1, e0)
+      let end = e1
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-          j += 1
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+          vj += vRow; pj1 += pRow
         }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
       }
     }
     storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
@@ -1139,49 +1175,57 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 2 queries × 4 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn2x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth); var c03 = loadLane(o0 + 3 * laneWidth)
     var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth); var c13 = loadLane(o1 + 3 * laneWidth)
     var k = 0
-    for x in 0..<rows {
-      let vx = v + x * vRow
-      let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
-      do {
-        var j = a0
-        let end = min(a1, e0)
-        while j < end {
-          let vj = vx + j * vCol
+    do {
+      var jj = a0
+      let end = min(a1, e0)
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-          j += 1
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+          vj += vRow; pj0 += pRow
         }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
       }
-      do {
-        var j = a1
-        let end = e0
-        while j < end {
-          let vj = vx + j * vCol
+    }
+    do {
+      var jj = a1
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-          do { let b = Lane(repeating: px0[j * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-          j += 1
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+          vj += vRow; pj0 += pRow; pj1 += pRow
         }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
       }
-      do {
-        var j = max(a1, e0)
-        let end = e1
-        while j < end {
-          let vj = vx + j * vCol
+    }
+    do {
+      var jj = max(a1, e0)
+      let end = e1
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-          do { let b = Lane(repeating: px1[j * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
-          j += 1
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+          vj += vRow; pj1 += pRow
         }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
       }
     }
     storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
@@ -1190,7 +1234,7 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 3 queries × 1 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn3x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1206,86 +1250,86 @@ extension NeighborhoodTiles {
       let next = min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd)
       switch (lo, hi) {
       case (0, 0):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+            vj += vRow; pj0 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            vj += vRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (2, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       default: break  // no query sees these keys (windows apart)
       }
@@ -1298,7 +1342,7 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 3 queries × 2 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn3x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1314,86 +1358,86 @@ extension NeighborhoodTiles {
       let next = min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd)
       switch (lo, hi) {
       case (0, 0):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            vj += vRow; pj0 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            vj += vRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (2, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       default: break  // no query sees these keys (windows apart)
       }
@@ -1406,7 +1450,7 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 3 queries × 3 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn3x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1422,86 +1466,86 @@ extension NeighborhoodTiles {
       let next = min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd)
       switch (lo, hi) {
       case (0, 0):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            vj += vRow; pj0 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            vj += vRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (2, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       default: break  // no query sees these keys (windows apart)
       }
@@ -1514,7 +1558,7 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 3 queries × 4 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn3x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1530,86 +1574,86 @@ extension NeighborhoodTiles {
       let next = min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd)
       switch (lo, hi) {
       case (0, 0):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            vj += vRow; pj0 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            vj += vRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (2, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       default: break  // no query sees these keys (windows apart)
       }
@@ -1622,7 +1666,7 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 4 queries × 1 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn4x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1639,144 +1683,144 @@ extension NeighborhoodTiles {
       let next = min(min(min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), a3 > j ? a3 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd), e2 > j ? e2 : jEnd)
       switch (lo, hi) {
       case (0, 0):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+            vj += vRow; pj0 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow; let px2 = p2 + x * pRow; let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0) }
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            vj += vRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow; let px2 = p2 + x * pRow; let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0) }
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0) }
+            vj += vRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (2, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (2, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px2 = p2 + x * pRow; let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0) }
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0) }
+            vj += vRow; pj2 += pRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (3, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0) }
-            jj += 1
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0) }
+            vj += vRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       default: break  // no query sees these keys (windows apart)
       }
@@ -1790,7 +1834,7 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 4 queries × 2 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn4x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1807,144 +1851,144 @@ extension NeighborhoodTiles {
       let next = min(min(min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), a3 > j ? a3 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd), e2 > j ? e2 : jEnd)
       switch (lo, hi) {
       case (0, 0):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            vj += vRow; pj0 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow; let px2 = p2 + x * pRow; let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            vj += vRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow; let px2 = p2 + x * pRow; let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
+            vj += vRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (2, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (2, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px2 = p2 + x * pRow; let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
+            vj += vRow; pj2 += pRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (3, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
-            jj += 1
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
+            vj += vRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       default: break  // no query sees these keys (windows apart)
       }
@@ -1958,7 +2002,7 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 4 queries × 3 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn4x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1975,144 +2019,144 @@ extension NeighborhoodTiles {
       let next = min(min(min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), a3 > j ? a3 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd), e2 > j ? e2 : jEnd)
       switch (lo, hi) {
       case (0, 0):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            vj += vRow; pj0 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow; let px2 = p2 + x * pRow; let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            vj += vRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow; let px2 = p2 + x * pRow; let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
+            vj += vRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (2, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (2, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px2 = p2 + x * pRow; let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
+            vj += vRow; pj2 += pRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (3, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
-            jj += 1
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
+            vj += vRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       default: break  // no query sees these keys (windows apart)
       }
@@ -2126,7 +2170,7 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 4 queries × 4 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column and row (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
   @inline(__always)
   static func pvn4x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -2143,144 +2187,144 @@ extension NeighborhoodTiles {
       let next = min(min(min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), a3 > j ? a3 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd), e2 > j ? e2 : jEnd)
       switch (lo, hi) {
       case (0, 0):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            vj += vRow; pj0 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (0, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px0 = p0 + x * pRow; let px1 = p1 + x * pRow; let px2 = p2 + x * pRow; let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px0[jj * pStep]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 1):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            vj += vRow; pj1 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow; let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (1, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px1 = p1 + x * pRow; let px2 = p2 + x * pRow; let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px1[jj * pStep]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
+            vj += vRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (2, 2):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px2 = p2 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj2 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (2, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px2 = p2 + x * pRow; let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px2[jj * pStep]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
+            vj += vRow; pj2 += pRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       case (3, 3):
-        for x in 0..<rows {
-          let vx = v + x * vRow
-          let px3 = p3 + x * pRow
-          var jj = j
-          while jj < next {
-            let vj = vx + jj * vCol
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: px3[jj * pStep]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
-            jj += 1
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
+            vj += vRow; pj3 += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
         }
       default: break  // no query sees these keys (windows apart)
       }
