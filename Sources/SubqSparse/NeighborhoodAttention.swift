@@ -984,6 +984,10 @@ struct NeighborhoodPlan: Sendable {
       }
     }
 
+    // Whatever the loops above did not issue from the prefetch list (the natural value step takes
+    // one entry per key column, fewer than the transposed one).
+    while pfAt < pfCount { prefetchL2(pf[pfAt]); pfAt += 1 }
+
     // O = Oᵀ / l, scattered back to the grid positions.
     let orows = p.outputRows
     let lF = UnsafeMutableRawPointer(lRun).assumingMemoryBound(to: Float.self)
