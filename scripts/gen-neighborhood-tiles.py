@@ -78,6 +78,117 @@ def pv(R, W):
     return L
 
 
+NAT_QUERIES = [1, 2, 3, 4]
+NAT_VECTORS = [1, 2, 3, 4]
+
+
+def pvn(Q, NV):
+    """Value update in the natural layout: Q consecutive queries of one lane vector (their
+    probabilities are lanes of the score vectors) times V rows read as stored (`[key][Dv]`), NV
+    lane vectors of channels, over `rows` key rows. Query t sees the key columns `a_t ..< e_t`
+    (windows are monotone: a_t ≤ a_{t+1}, e_t ≤ e_{t+1}), so every key column is seen by a contiguous
+    run of the Q queries; the loop walks the segments between the window bounds."""
+    L = []
+    L.append(f"  /// Natural-layout value update of {Q} quer{'y' if Q == 1 else 'ies'} × {NV} channel vector(s), over `rows` key rows:")
+    L.append("  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.")
+    L.append("  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).")
+    L.append("  @inline(__always)")
+    ps = ", ".join(f"_ p{t}: UnsafePointer<Float>" for t in range(Q))
+    os_ = ", ".join(f"_ o{t}: UnsafeMutablePointer<Float>" for t in range(Q))
+    bounds = ", ".join(f"a{t}: Int, e{t}: Int" for t in range(Q))
+    L.append(f"  static func pvn{Q}x{NV}({ps}, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,")
+    L.append(f"                      {bounds}, {os_}, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {{")
+    for t in range(Q):
+        L.append("    " + "; ".join(f"var c{t}{c} = loadLane(o{t} + {c} * laneWidth)" for c in range(NV)))
+    if Q <= 2:
+        # Segments: [a0, min(a1, e0)) query 0 only, [a1, e0) both, [max(a1, e0), e1) query 1 only.
+        # Key columns outside, key rows inside (see below).
+        segs = [("a0", "e0", [0])] if Q == 1 else [("a0", "min(a1, e0)", [0]), ("a1", "e0", [0, 1]), ("max(a1, e0)", "e1", [1])]
+        L.append("    var k = 0")
+        for (lo, hi, act) in segs:
+            L.append("    do {")
+            L.append(f"      var jj = {lo}")
+            L.append(f"      let end = {hi}")
+            L.append("      while jj < end {")
+            L.append("        var vj = v + jj * vCol")
+            L.append("        " + "; ".join(f"var pj{t} = p{t} + jj * pStep" for t in act))
+            L.append("        for _ in 0..<rows {")
+            L.append("          " + "; ".join(f"let v{c} = loadLane(vj + {c} * laneWidth)" for c in range(NV)))
+            for t in act:
+                L.append(f"          do {{ let b = Lane(repeating: pj{t}[0]); " + "; ".join(f"c{t}{c} = fmadd(c{t}{c}, b, v{c})" for c in range(NV)) + " }")
+            L.append("          vj += vRow; " + "; ".join(f"pj{t} += pRow" for t in act))
+            L.append("        }")
+            L.append("        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k")
+            L.append("        jj += 1")
+            L.append("      }")
+            L.append("    }")
+    elif Q >= 3:
+        # Segments between consecutive window bounds; in each, queries lo...hi see the keys
+        # (lo = windows already ended, hi = windows already started − 1). Each segment runs over
+        # every key row with the same active queries.
+        L.append("    var k = 0")
+        L.append(f"    var j = a0")
+        L.append(f"    let jEnd = e{Q-1}")
+        L.append("    while j < jEnd {")
+        L.append("      let lo = " + " + ".join(f"(e{t} <= j ? 1 : 0)" for t in range(Q - 1)))
+        L.append("      let hi = " + " + ".join(f"(a{t} <= j ? 1 : 0)" for t in range(1, Q)))
+        nxt = "jEnd"
+        for t in range(1, Q):
+            nxt = f"min({nxt}, a{t} > j ? a{t} : jEnd)"
+        for t in range(Q - 1):
+            nxt = f"min({nxt}, e{t} > j ? e{t} : jEnd)"
+        L.append(f"      let next = {nxt}")
+        L.append("      switch (lo, hi) {")
+        for lo in range(Q):
+            for hi in range(lo, Q):
+                # Key columns outside, key rows inside: the inner trip count is the same (the
+                # rows seen) in every segment, so its exit branch predicts well.
+                L.append(f"      case ({lo}, {hi}):")
+                L.append("        var jj = j")
+                L.append("        while jj < next {")
+                L.append("          var vj = v + jj * vCol")
+                L.append("          " + "; ".join(f"var pj{t} = p{t} + jj * pStep" for t in range(lo, hi + 1)))
+                L.append("          for _ in 0..<rows {")
+                L.append("            " + "; ".join(f"let v{c} = loadLane(vj + {c} * laneWidth)" for c in range(NV)))
+                for t in range(lo, hi + 1):
+                    L.append(f"            do {{ let b = Lane(repeating: pj{t}[0]); " + "; ".join(f"c{t}{c} = fmadd(c{t}{c}, b, v{c})" for c in range(NV)) + " }")
+                L.append("            vj += vRow; " + "; ".join(f"pj{t} += pRow" for t in range(lo, hi + 1)))
+                L.append("          }")
+                L.append("          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k")
+                L.append("          jj += 1")
+                L.append("        }")
+        L.append("      default: break  // no query sees these keys (windows apart)")
+        L.append("      }")
+        L.append("      j = next")
+        L.append("    }")
+    for t in range(Q):
+        L.append("    " + "; ".join(f"storeLane(c{t}{c}, o{t} + {c} * laneWidth)" for c in range(NV)))
+    L.append("  }")
+    return L
+
+
+def pvn_dispatch():
+    L = []
+    L.append("  /// `pvn{queries}x{vectors}`: query t's probabilities at `p + t·pQuery` (indexed by absolute key column j")
+    L.append("  /// and key row x as `[x·pRow + j·pStep]`), its key columns `a_t ..< e_t`, its outputs at `o + t·oStride`.")
+    L.append("  @inline(__always)")
+    L.append("  static func pvn(queries: Int, vectors: Int, p: UnsafePointer<Float>, pQuery: Int, pStep: Int, pRow: Int,")
+    L.append("                  v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int, a0: Int, e0: Int, a1: Int, e1: Int,")
+    L.append("                  a2: Int, e2: Int, a3: Int, e3: Int,")
+    L.append("                  o: UnsafeMutablePointer<Float>, oStride: Int, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {")
+    L.append("    switch (queries, vectors) {")
+    for Q in NAT_QUERIES:
+        for NV in NAT_VECTORS:
+            pp = ", ".join(f"p + {t} * pQuery" for t in range(Q))
+            oo = ", ".join(f"o + {t} * oStride" for t in range(Q))
+            bb = ", ".join(f"a{t}: a{t}, e{t}: e{t}" for t in range(Q))
+            L.append(f"    case ({Q}, {NV}): pvn{Q}x{NV}({pp}, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, {bb}, {oo}, pf: pf, pfLast: pfLast)")
+    L.append("    default: preconditionFailure(\"no natural neighborhood tile \\(queries)x\\(vectors)\")")
+    L.append("    }")
+    L.append("  }")
+    return L
+
+
 def dispatch(kind):
     L = []
     if kind == "qk":
@@ -125,6 +236,12 @@ def main():
     out += dispatch("qk")
     out.append("")
     out += dispatch("pv")
+    out.append("")
+    for Q in NAT_QUERIES:
+        for NV in NAT_VECTORS:
+            out += pvn(Q, NV)
+            out.append("")
+    out += pvn_dispatch()
     out.append("}")
     path = pathlib.Path(__file__).resolve().parent.parent / "Sources/SubqSparse/NeighborhoodTiles+Generated.swift"
     path.write_text("\n".join(out) + "\n")

@@ -21,7 +21,11 @@ import SubqKernels
 /// are aligned), so that for a relative key offset o one unaligned vector load gives every lane its
 /// own key (column + o). Each (query, key) pair is computed once: there is no halo and no dense
 /// mask. Up to three neighboring grid rows share each key load (register tiles from
-/// `scripts/gen-neighborhood-tiles.py`). Border lanes, whose windows are shifted, are handled by
+/// `scripts/gen-neighborhood-tiles.py`). When Dv is a whole number of lane vectors (e.g. 64), V is
+/// not packed: the value step reads V rows as stored, two queries (lanes) at a time with their
+/// output channels in registers over every key row they see (each probability a broadcast lane of
+/// the score vectors), and writes O rows directly, so V and O need no transposition; otherwise V is
+/// packed transposed like K and O is transposed back. Border lanes, whose windows are shifted, are handled by
 /// widening the offset range of their vector and masking per lane; interior chunks without softcap
 /// or bias skip the masking pass. Softmax is online over chunks of at most ~512 keys per query (one
 /// chunk for 2-D 7×7); scores are kept in log2 units as in ``FlashAttention``. The last grid axis
@@ -39,8 +43,9 @@ import SubqKernels
 /// separate pass).
 ///
 /// Cost per attended pair: D + Dv FMA lanes (no wasted pairs except the widened offset range of
-/// border vectors); per token, one 16×16-block transposition of its query, key, value and output
-/// rows (AVX-512; 8×8 on AVX2/NEON) and one 2^x.
+/// border vectors in the score step); per token, one 16×16-block transposition of its query and
+/// key rows (and of its value and output rows when Dv is not a whole number of lane vectors;
+/// AVX-512, 8×8 on AVX2/NEON) and one 2^x.
 ///
 /// Differences from NATTEN: no stride (GNA) parameter; kernel size 1 is allowed (it attends to the
 /// own index on that axis); the layout is Subquadratic's `[B, H, N, D]` (or bshd) with the grid
@@ -48,9 +53,11 @@ import SubqKernels
 /// supported, also with causal axes, where only the entries Δ ≤ 0 are used.
 ///
 /// - Complexity: O(B·Hq·N·∏k·(D + Dv)) time (the halo repacked per strip adds about
-///   2⌈(k₂ − 1)/16⌉·16 / w columns to the packing, w the strip width); O(threads·k₀·(k₁ + 2)·(D + Dv)·w')
-///   extra memory, w' ≈ w + 2·16 + k₂ the padded packed-row length, independent of the grid width
-///   (e.g. 0.8 MB per worker for D = Dv = 64, 7×7 on AVX-512: 9 packed rows of 128 channels × 176 floats), plus small per-worker scratch.
+///   2⌈(k₂ − 1)/16⌉·16 / w columns to the packing, w the strip width); O(threads·k₀·(k₁ + 2)·D'·w')
+///   extra memory, D' = D when V is read as stored (Dv a whole number of lane vectors) and D + Dv
+///   otherwise, w' ≈ w + 2·16 + k₂ the padded packed-row length, independent of the grid width
+///   (e.g. 0.4 MB per worker for D = Dv = 64, 7×7 on AVX-512: 9 packed K rows of 64 channels × 176
+///   floats), plus small per-worker scratch.
 public struct NeighborhoodAttention: PatternAttentionMethod {
   public static let info = MethodInfo(
     name: "neighborhood",
@@ -306,8 +313,14 @@ struct NeighborhoodPlan: Sendable {
   /// Packed row geometry: columns left of the strip's first query column, floats per packed row
   /// (per channel). A packed row holds the strip's columns plus the halo its windows reach.
   let padL: Int, rowStride: Int
-  /// Row cache: slots per worker (`slotsZ × slotsX`), floats per slot (K then V).
+  /// Row cache: slots per worker (`slotsZ × slotsX`), floats per slot (K, then V unless `naturalV`).
   let slotsZ: Int, slotsX: Int, slotFloats: Int
+  /// Whether the value step reads V as stored (`[key][Dv]`, Dv a whole number of lane vectors) and
+  /// accumulates O per query (`[row][lane][Dv]`), instead of packing V transposed like K and
+  /// transposing O back: no V or O transposition, and half the row cache.
+  let naturalV: Bool
+  /// Elements of V between consecutive key columns, and between consecutive key rows, of a sub-grid.
+  let vCol: Int, vRow: Int
   /// Largest rows-per-plane product, for the cache tags.
   let tagRows: Int
   /// Chunk sizes (key rows × offsets) of the online softmax.
@@ -319,6 +332,14 @@ struct NeighborhoodPlan: Sendable {
   let qtOff: Int, otOff: Int, sOff: Int, vecOff: Int, tOff: Int, pfOff: Int, slotOff: Int
   /// Prefetch list: capacity (entries) before the padding, and the padding.
   let pfCapacity: Int, pfPad: Int
+
+  /// Queries per register tile of the natural-layout value step: 4 × up to 4 channel vectors of
+  /// accumulators on AVX-512 (32 registers), 2 on AVX2 and NEON (16).
+  #if SUBQ_AVX512
+  static let pvQueries = 4
+  #else
+  static let pvQueries = 2
+  #endif
 
   static let log2e: Float = 1.442_695_040_888_963_4
   static let ln2: Float = 0.693_147_180_559_945_3
@@ -387,7 +408,10 @@ struct NeighborhoodPlan: Sendable {
     // A band's windows span at most k₁ + R − 1 rows, and never more than the axis holds (1-D grids
     // need one packed row, not R).
     slotsX = min(ax1.kernel + R - 1, ax1.groupLength(0))
-    slotFloats = (p.headDim + p.valueDim) * rowStride
+    naturalV = p.valueDim % Lw == 0
+    slotFloats = (p.headDim + (naturalV ? 0 : p.valueDim)) * rowStride
+    vCol = ax2.dilation * p.valueRows.rowStride
+    vRow = ax1.dilation * ax2.length * p.valueRows.rowStride
     chunkO = min(2 * ax2.kernel - 1, 256)
     chunkX = min(ax1.kernel + R - 1, max(1, 512 / chunkO))
     let b0 = 2 * ax0.kernel - 1, b1 = 2 * ax1.kernel - 1, b2 = 2 * ax2.kernel - 1
@@ -433,12 +457,54 @@ struct NeighborhoodPlan: Sendable {
   /// `dst[0], dst[Lw], dst[2·Lw], …` (one row of a transpose block), adding each to `check`: NaN or
   /// ±∞ there flags a non-finite input.
   @inline(__always) func copyVectors(_ row: UnsafePointer<Float>, to dst: UnsafeMutablePointer<Lane>, count: Int, check: inout Lane) {
+    // Two partial sums, added to `check` once per row: a single running sum would make every
+    // load wait on the previous add (a latency chain as long as the row).
+    var s0 = Lane(), s1 = Lane()
     var d0 = 0
-    while d0 < count {
+    while d0 + laneWidth < count {
+      let e0 = loadLane(row + d0), e1 = loadLane(row + d0 + laneWidth)
+      dst[d0] = e0
+      dst[d0 + laneWidth] = e1
+      s0 += e0
+      s1 += e1
+      d0 += 2 * laneWidth
+    }
+    if d0 < count {
       let e = loadLane(row + d0)
       dst[d0] = e
-      check += e
-      d0 += laneWidth
+      s0 += e
+    }
+    check += s0 + s1
+  }
+
+  /// Adds the first `count` floats (a multiple of the lane width) of `row` to `check`, as
+  /// ``copyVectors(_:to:count:check:)`` does, without copying them.
+  @inline(__always) func sumVectors(_ row: UnsafePointer<Float>, count: Int, check: inout Lane) {
+    var s0 = Lane(), s1 = Lane()
+    var d0 = 0
+    while d0 + laneWidth < count {
+      s0 += loadLane(row + d0)
+      s1 += loadLane(row + d0 + laneWidth)
+      d0 += 2 * laneWidth
+    }
+    if d0 < count { s0 += loadLane(row + d0) }
+    check += s0 + s1
+  }
+
+  /// Appends to the prefetch list `pf` (from entry `n`) the cache lines of `count` row pairs: rows
+  /// `a + i·stepA` (`widthA` floats) and `b + i·stepB` (`widthB` floats), i < count, one entry per 16
+  /// floats; as many whole pairs as fit in ``pfCapacity``.
+  @inline(__always) func queueLines(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int, stepA: Int, widthA: Int,
+                                    stepB: Int, widthB: Int, pf: UnsafeMutablePointer<UnsafeRawPointer>, n: inout Int) {
+    let per = (widthA + 15) / 16 + (widthB + 15) / 16
+    var ra = a, rb = b
+    for _ in 0..<max(0, min(count, (pfCapacity - n) / per)) {
+      var d = 0
+      while d < widthA { pf[n] = UnsafeRawPointer(ra + d); n += 1; d += 16 }
+      d = 0
+      while d < widthB { pf[n] = UnsafeRawPointer(rb + d); n += 1; d += 16 }
+      ra += stepA
+      rb += stepB
     }
   }
 
@@ -471,7 +537,8 @@ struct NeighborhoodPlan: Sendable {
   }
 
   /// Packs columns `keys` of key row (z, x) of sub-grid `s` into `slot`, for the strip whose first
-  /// query column is `cs`: K as `[d][padL + c − cs]`, then V as `[c][padL + col − cs]`. Whole
+  /// query column is `cs`: K as `[d][padL + c − cs]`, then V as `[c][padL + col − cs]` (unless
+  /// ``naturalV``: then V's rows are only checked, since the value step reads them as stored). Whole
   /// vectors are written from ⌊keys.lower⌋ to ⌈keys.upper⌉ (columns outside `keys` as zeros, never
   /// read from the input), and the rest of the packed row is zeroed, so a lane whose window
   /// excludes an offset reads a zero or a key of the strip's halo, never a previous strip's data.
@@ -486,17 +553,44 @@ struct NeighborhoodPlan: Sendable {
     // Vector-aligned column range (cs is a multiple of the lane width, padL too).
     let first = keys.lowerBound / Lw * Lw, end = (keys.upperBound + Lw - 1) / Lw * Lw
     let pLo = padL + first - cs, pHi = padL + end - cs
-    for (src, rows, width, dst) in [(k, p.keyRows, D, slot), (v, p.valueRows, Dv, slot + D * rowStride)] {
+    if naturalV {
+      // V is read as stored by the value step: only checked here (which also brings its rows
+      // into the cache just before the tiles read them).
+      for c2 in keys { sumVectors(v + p.valueRows.offset(batch: b, head: g, row: position(s, z, x, c2)), count: Dv, check: &check) }
+    }
+    let packed = naturalV ? [(k, p.keyRows, D, slot)] : [(k, p.keyRows, D, slot), (v, p.valueRows, Dv, slot + D * rowStride)]
+    for (src, rows, width, dst) in packed {
       let full = width / Lw * Lw
       for d in 0..<width {
         let row = dst + d * rowStride
         for c in stride(from: 0, to: pLo, by: Lw) { storeLane(Lane(), row + c) }
         for c in stride(from: pHi, to: rowStride, by: Lw) { storeLane(Lane(), row + c) }
       }
+      let step = ax2.dilation * rows.rowStride
       var c2 = first
       while c2 < end {
         let inside = c2 >= keys.lowerBound && c2 + Lw <= keys.upperBound
         let col = dst + padL + c2 - cs
+        if inside && full == width {
+          // A whole vector of columns inside the grid: each 16×16 block goes from the source
+          // rows to the packed row in registers. Two partial check sums (see `copyVectors`).
+          let base = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2))
+          var s0 = Lane(), s1 = Lane()
+          var d0 = 0
+          while d0 < full {
+            LaneTranspose.transpose(
+              load: { i in
+                let e = loadLane(base + LaneTranspose.rev(i) * step + d0)
+                if i & 1 == 0 { s0 += e } else { s1 += e }
+                return e
+              },
+              store: { i, e in storeLane(e, col + (d0 + LaneTranspose.rev(i)) * rowStride) })
+            d0 += Lw
+          }
+          check += s0 + s1
+          c2 += Lw
+          continue
+        }
         // Each source row is read front to back (sequential lines for the hardware prefetcher)
         // into `block`: row l of the 16 goes to row rev(l) of each 16×16 block, as the
         // transposition wants; a column outside `keys` is a zero row. The check is one add per
@@ -551,6 +645,8 @@ struct NeighborhoodPlan: Sendable {
     func tag(_ z: Int, _ x: Int) -> Int {
       (((b * p.keyValueHeads + g) * subgrids.count + si) * tagRows + z * s.n1 + x) * maxStrips + strip
     }
+    let qStep = ax2.dilation * p.queryRows.rowStride, oStep = ax2.dilation * p.outputRows.rowStride
+    let kStep = ax2.dilation * p.keyRows.rowStride
     var check = Lane()
     var c1 = Int(it.c1Start)
     while c1 < Int(it.c1End) {
@@ -582,34 +678,30 @@ struct NeighborhoodPlan: Sendable {
         // writes, and a share of the next band's new key rows: the tiles issue one prefetch per
         // loop iteration from this list, spread over the computation.
         let (pc1, pi0, pR) = i0 + laneWidth < ce ? (c1, i0 + laneWidth, R) : (next, cs, nextR)
+        // Consecutive columns of a grid row are a fixed number of elements apart in every tensor,
+        // so each run of columns is walked with pointer steps (this list is rebuilt per tile).
         var n = 0
         for r in 0..<max(0, pR) {
-          for l in 0..<min(laneWidth, ce - pi0) {
-            let pos = position(s, c0, pc1 + r, pi0 + l)
-            let qRow = UnsafeRawPointer(q + p.queryRows.offset(batch: b, head: h, row: pos))
-            let oRow = UnsafeRawPointer(out + p.outputRows.offset(batch: b, head: h, row: pos))
-            for d in stride(from: 0, to: p.headDim, by: 16) where n < pfCapacity { pf[n] = qRow + 4 * d; n += 1 }
-            for c in stride(from: 0, to: p.valueDim, by: 16) where n < pfCapacity { pf[n] = oRow + 4 * c; n += 1 }
-          }
+          let pos = position(s, c0, pc1 + r, pi0)
+          queueLines(q + p.queryRows.offset(batch: b, head: h, row: pos), out + p.outputRows.offset(batch: b, head: h, row: pos),
+                     count: min(laneWidth, ce - pi0), stepA: qStep, widthA: p.headDim, stepB: oStep, widthB: p.valueDim,
+                     pf: pf, n: &n)
         }
         if !newRows.isEmpty {
+          let c2a = keys.lowerBound + keys.count * t / tiles, c2b = keys.lowerBound + keys.count * (t + 1) / tiles
           for z in zStart..<(zStart + zCount) {
-            for x in newRows where tags[slotIndex(z, x)] != tag(z, x) {
-              for c2 in (keys.lowerBound + keys.count * t / tiles)..<(keys.lowerBound + keys.count * (t + 1) / tiles) {
-                let pos = position(s, z, x, c2)
-                let kRow = UnsafeRawPointer(k + p.keyRows.offset(batch: b, head: g, row: pos))
-                let vRow = UnsafeRawPointer(v + p.valueRows.offset(batch: b, head: g, row: pos))
-                for d in stride(from: 0, to: p.headDim, by: 16) where n < pfCapacity { pf[n] = kRow + 4 * d; n += 1 }
-                for c in stride(from: 0, to: p.valueDim, by: 16) where n < pfCapacity { pf[n] = vRow + 4 * c; n += 1 }
-              }
+            for x in newRows where tags[slotIndex(z, x)] != tag(z, x) && c2a < c2b {
+              let pos = position(s, z, x, c2a)
+              queueLines(k + p.keyRows.offset(batch: b, head: g, row: pos), v + p.valueRows.offset(batch: b, head: g, row: pos),
+                         count: c2b - c2a, stepA: kStep, widthA: p.headDim, stepB: vCol, widthB: p.valueDim, pf: pf, n: &n)
             }
           }
         }
-        // (The capacity covers every line above; the guards only keep a miscount from writing past
-        // the list.) The padding after the list: lines of the scratch itself (already cached).
+        // (The capacity covers every line above; `queueLines` only keeps a miscount from writing
+        // past the list.) The padding after the list: lines of the scratch itself (already cached).
         for i in 0..<pfPad { pf[n + i] = UnsafeRawPointer(scratch) }
-        tile(s, b: b, h: h, c0: c0, c1s: c1, rows: R, i0: i0, cs: cs, q: q, slots: slots, out: out, lse: lse, scratch: scratch,
-             pf: pf, pfCount: n, check: &check)
+        tile(s, b: b, h: h, g: g, c0: c0, c1s: c1, rows: R, i0: i0, cs: cs, q: q, v: v, slots: slots, out: out, lse: lse,
+             scratch: scratch, pf: pf, pfCount: n, check: &check)
         t += 1
       }
       c1 += R
@@ -621,8 +713,8 @@ struct NeighborhoodPlan: Sendable {
 
   /// Computes one tile: `rows` grid rows from `c1s` × one lane vector of queries from `i0`, in the
   /// strip whose first column is `cs` (the packed rows' column origin).
-  func tile(_ s: NeighborhoodSubgrid, b: Int, h: Int, c0: Int, c1s: Int, rows R: Int, i0: Int, cs: Int, q: UnsafePointer<Float>,
-            slots: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
+  func tile(_ s: NeighborhoodSubgrid, b: Int, h: Int, g: Int, c0: Int, c1s: Int, rows R: Int, i0: Int, cs: Int, q: UnsafePointer<Float>,
+            v: UnsafePointer<Float>, slots: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
             scratch: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfCount: Int, check: inout Lane) {
     let Lw = laneWidth
     let real = min(Lw, s.n2 - i0)
@@ -631,7 +723,7 @@ struct NeighborhoodPlan: Sendable {
     let qtF = scratch + qtOff
     let qt = UnsafeMutableRawPointer(qtF).assumingMemoryBound(to: Lane.self)     // [R][D]
     let otF = scratch + otOff
-    let ot = UnsafeMutableRawPointer(otF).assumingMemoryBound(to: Lane.self)     // [R][Dv]
+    let ot = UnsafeMutableRawPointer(otF).assumingMemoryBound(to: Lane.self)     // [R][Dv] lanes, or (naturalV) [R][Lw][Dv] floats
     let st = UnsafeMutableRawPointer(scratch + sOff).assumingMemoryBound(to: Lane.self)
     let vecs = UnsafeMutableRawPointer(scratch + vecOff).assumingMemoryBound(to: Lane.self)
     let mRun = vecs, lRun = vecs + R, loV = vecs + 2 * R, hiV = vecs + 2 * R + 1
@@ -645,7 +737,25 @@ struct NeighborhoodPlan: Sendable {
     let m16 = UnsafeMutableRawPointer(scratch + tOff).assumingMemoryBound(to: Lane.self)
     let scaleV = Lane(repeating: qScale)
     for r in 0..<R {
-      if real == Lw {
+      if real == Lw && D % Lw == 0 {
+        // Whole lane vector and whole blocks: each 16×16 (8×8) block goes from the query rows to
+        // Qᵀ in registers, scaled on the way.
+        let base = q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0))
+        let step = ax2.dilation * qr.rowStride
+        var s0 = Lane(), s1 = Lane()
+        var d0 = 0
+        while d0 < D {
+          LaneTranspose.transpose(
+            load: { i in
+              let e = loadLane(base + LaneTranspose.rev(i) * step + d0)
+              if i & 1 == 0 { s0 += e } else { s1 += e }
+              return e
+            },
+            store: { i, e in qt[r * D + d0 + LaneTranspose.rev(i)] = e * scaleV })
+          d0 += Lw
+        }
+        check += s0 + s1
+      } else if real == Lw {
         // Whole lane vector: 16×16 (8×8) blocks transposed in registers.
         // Each query row read front to back into the transpose area (see `pack`).
         let full = D / Lw * Lw
@@ -675,7 +785,11 @@ struct NeighborhoodPlan: Sendable {
           }
         }
       }
-      for c in 0..<Dv { ot[r * Dv + c] = Lane() }
+      if naturalV {
+        (otF + r * Lw * Dv).update(repeating: 0, count: real * Dv)
+      } else {
+        for c in 0..<Dv { ot[r * Dv + c] = Lane() }
+      }
       mRun[r] = Lane(repeating: -.infinity)
       lRun[r] = Lane()
     }
@@ -794,12 +908,60 @@ struct NeighborhoodPlan: Sendable {
               }
               lRun[r] = fmadd(sum, lRun[r], alpha)
               if started & (1 << r) != 0 {
-                let o = ot + r * Dv
-                for c in 0..<Dv { o[c] *= alpha }
+                if naturalV {
+                  for l in 0..<real {
+                    let o = otF + (r * Lw + l) * Dv, a = Lane(repeating: alpha[l])
+                    for c in stride(from: 0, to: Dv, by: Lw) { storeLane(loadLane(o + c) * a, o + c) }
+                  }
+                } else {
+                  let o = ot + r * Dv
+                  for c in 0..<Dv { o[c] *= alpha }
+                }
               }
               started |= 1 << r
             }
             // 3. Values.
+            if naturalV {
+              // V as stored, `pvQueries` queries (lanes) at a time; each query's accumulators stay
+              // in registers over all key rows of the chunk it sees. The rows of the tile go inside
+              // the loop over lane groups: they read mostly the same V rows (k₁ + R − 1 key rows ×
+              // the group's few key columns), which then stay in L1.
+              let stF = UnsafeMutableRawPointer(st).assumingMemoryBound(to: Float.self)
+              let vz = v + p.valueRows.offset(batch: b, head: g, row: position(s, z, 0, 0))
+              var l = 0
+              while l < real {
+                let nq = min(NeighborhoodPlan.pvQueries, real - l)
+                // Key columns (absolute) of the group's queries within this chunk's offsets; empty
+                // (a ≥ e) for a query that sees none. Windows are monotone, so are a and e.
+                let i = i0 + l
+                func bounds(_ t: Int) -> (Int, Int) {
+                  if t >= nq { return (0, 0) }
+                  let w = ax2.windowStart(i + t, groupLength: s.n2)
+                  return (max(w, i + t + oc), min(w + ax2.windowCount(i + t), i + t + oe))
+                }
+                let (a0, e0) = bounds(0), (a1, e1) = bounds(1), (a2, e2) = bounds(2), (a3, e3) = bounds(3)
+                let keysSeen = max(0, (nq == 1 ? e0 : nq == 2 ? e1 : nq == 3 ? e2 : e3) - a0)
+                for r in 0..<R {
+                  let xr0 = max(xc, xStart(r)), xr1 = min(xe, xEnd(r))
+                  if xr0 >= xr1 { continue }
+                  let vx = vz + xr0 * vRow
+                  // Lane l's score for key column j of row x sits at float
+                  // ((r·sRow + (x − xc)·go + j − i − oc)·Lw + l) of the scores.
+                  let pBase = stF + ((r * sRow + (xr0 - xc) * go - i - oc) * Lw + l)
+                  var cb = 0
+                  while cb < Dv {
+                    let nv = min(4, (Dv - cb) / Lw)
+                    NeighborhoodTiles.pvn(queries: nq, vectors: nv, p: pBase, pQuery: 1 - Lw, pStep: Lw, pRow: go * Lw,
+                                          v: vx + cb, vCol: vCol, vRow: vRow, rows: xr1 - xr0, a0: a0, e0: e0, a1: a1, e1: e1,
+                                          a2: a2, e2: e2, a3: a3, e3: e3,
+                                          o: otF + (r * Lw + l) * Dv + cb, oStride: Dv, pf: pf + pfAt, pfLast: pfCount + pfPad - 1 - pfAt)
+                    pfAt = min(pfAt + keysSeen, pfCount)
+                    cb += nv * Lw
+                  }
+                }
+                l += nq
+              }
+            } else {
             for x in xc..<xe {
               let (ra, rb) = rowsSeeing(x)
               if rb < ra { continue }
@@ -816,10 +978,15 @@ struct NeighborhoodPlan: Sendable {
                 o += w
               }
             }
+            }
           }
         }
       }
     }
+
+    // Whatever the loops above did not issue from the prefetch list (the natural value step takes
+    // one entry per key column, fewer than the transposed one).
+    while pfAt < pfCount { prefetchL2(pf[pfAt]); pfAt += 1 }
 
     // O = Oᵀ / l, scattered back to the grid positions.
     let orows = p.outputRows
@@ -828,8 +995,17 @@ struct NeighborhoodPlan: Sendable {
     for r in 0..<R {
       let sums = lRun[r]
       let inv = Lane(repeating: 1).replacing(with: 0, where: sums .<= 0) / sums.replacing(with: 1, where: sums .<= 0)
-      var c0v = 0
-      if real == Lw {
+      if naturalV {
+        for l in 0..<real {
+          let sum = lF[r * Lw + l]
+          let invL = Lane(repeating: sum > 0 ? 1 / sum : 0)
+          let src = otF + (r * Lw + l) * Dv
+          let dst = out + orows.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + l))
+          for c in stride(from: 0, to: Dv, by: Lw) { storeLane(loadLane(src + c) * invL, dst + c) }
+        }
+      }
+      var c0v = naturalV ? Dv : 0
+      if real == Lw && !naturalV {
         while c0v + Lw <= Dv {
           for x in 0..<Lw { m16[x] = ot[r * Dv + c0v + rev[x]] * inv }
           LaneTranspose.transpose(m16)

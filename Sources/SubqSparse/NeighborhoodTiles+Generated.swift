@@ -891,4 +891,1476 @@ extension NeighborhoodTiles {
     default: preconditionFailure("no neighborhood tile \(rows)x\(width)")
     }
   }
+
+  /// Natural-layout value update of 1 query × 1 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn1x1(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth)
+    var k = 0
+    do {
+      var jj = a0
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+          vj += vRow; pj0 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth)
+  }
+
+  /// Natural-layout value update of 1 query × 2 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn1x2(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth)
+    var k = 0
+    do {
+      var jj = a0
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+          vj += vRow; pj0 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
+  }
+
+  /// Natural-layout value update of 1 query × 3 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn1x3(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth)
+    var k = 0
+    do {
+      var jj = a0
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+          vj += vRow; pj0 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
+  }
+
+  /// Natural-layout value update of 1 query × 4 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn1x4(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth); var c03 = loadLane(o0 + 3 * laneWidth)
+    var k = 0
+    do {
+      var jj = a0
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+          vj += vRow; pj0 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
+  }
+
+  /// Natural-layout value update of 2 queries × 1 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn2x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth)
+    var k = 0
+    do {
+      var jj = a0
+      let end = min(a1, e0)
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+          vj += vRow; pj0 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    do {
+      var jj = a1
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+          vj += vRow; pj0 += pRow; pj1 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    do {
+      var jj = max(a1, e0)
+      let end = e1
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+          vj += vRow; pj1 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth)
+  }
+
+  /// Natural-layout value update of 2 queries × 2 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn2x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth)
+    var k = 0
+    do {
+      var jj = a0
+      let end = min(a1, e0)
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+          vj += vRow; pj0 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    do {
+      var jj = a1
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+          vj += vRow; pj0 += pRow; pj1 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    do {
+      var jj = max(a1, e0)
+      let end = e1
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+          vj += vRow; pj1 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth)
+  }
+
+  /// Natural-layout value update of 2 queries × 3 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn2x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth)
+    var k = 0
+    do {
+      var jj = a0
+      let end = min(a1, e0)
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+          vj += vRow; pj0 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    do {
+      var jj = a1
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+          vj += vRow; pj0 += pRow; pj1 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    do {
+      var jj = max(a1, e0)
+      let end = e1
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+          vj += vRow; pj1 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth)
+  }
+
+  /// Natural-layout value update of 2 queries × 4 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn2x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth); var c03 = loadLane(o0 + 3 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth); var c13 = loadLane(o1 + 3 * laneWidth)
+    var k = 0
+    do {
+      var jj = a0
+      let end = min(a1, e0)
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+          vj += vRow; pj0 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    do {
+      var jj = a1
+      let end = e0
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+          vj += vRow; pj0 += pRow; pj1 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    do {
+      var jj = max(a1, e0)
+      let end = e1
+      while jj < end {
+        var vj = v + jj * vCol
+        var pj1 = p1 + jj * pStep
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+          vj += vRow; pj1 += pRow
+        }
+        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+        jj += 1
+      }
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth); storeLane(c13, o1 + 3 * laneWidth)
+  }
+
+  /// Natural-layout value update of 3 queries × 1 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn3x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth)
+    var c20 = loadLane(o2 + 0 * laneWidth)
+    var k = 0
+    var j = a0
+    let jEnd = e2
+    while j < jEnd {
+      let lo = (e0 <= j ? 1 : 0) + (e1 <= j ? 1 : 0)
+      let hi = (a1 <= j ? 1 : 0) + (a2 <= j ? 1 : 0)
+      let next = min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd)
+      switch (lo, hi) {
+      case (0, 0):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+            vj += vRow; pj0 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            vj += vRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (2, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      default: break  // no query sees these keys (windows apart)
+      }
+      j = next
+    }
+    storeLane(c00, o0 + 0 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth)
+    storeLane(c20, o2 + 0 * laneWidth)
+  }
+
+  /// Natural-layout value update of 3 queries × 2 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn3x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth)
+    var c20 = loadLane(o2 + 0 * laneWidth); var c21 = loadLane(o2 + 1 * laneWidth)
+    var k = 0
+    var j = a0
+    let jEnd = e2
+    while j < jEnd {
+      let lo = (e0 <= j ? 1 : 0) + (e1 <= j ? 1 : 0)
+      let hi = (a1 <= j ? 1 : 0) + (a2 <= j ? 1 : 0)
+      let next = min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd)
+      switch (lo, hi) {
+      case (0, 0):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            vj += vRow; pj0 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            vj += vRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (2, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      default: break  // no query sees these keys (windows apart)
+      }
+      j = next
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth)
+    storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth)
+  }
+
+  /// Natural-layout value update of 3 queries × 3 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn3x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth)
+    var c20 = loadLane(o2 + 0 * laneWidth); var c21 = loadLane(o2 + 1 * laneWidth); var c22 = loadLane(o2 + 2 * laneWidth)
+    var k = 0
+    var j = a0
+    let jEnd = e2
+    while j < jEnd {
+      let lo = (e0 <= j ? 1 : 0) + (e1 <= j ? 1 : 0)
+      let hi = (a1 <= j ? 1 : 0) + (a2 <= j ? 1 : 0)
+      let next = min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd)
+      switch (lo, hi) {
+      case (0, 0):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            vj += vRow; pj0 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            vj += vRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (2, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      default: break  // no query sees these keys (windows apart)
+      }
+      j = next
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth)
+    storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth); storeLane(c22, o2 + 2 * laneWidth)
+  }
+
+  /// Natural-layout value update of 3 queries × 4 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn3x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth); var c03 = loadLane(o0 + 3 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth); var c13 = loadLane(o1 + 3 * laneWidth)
+    var c20 = loadLane(o2 + 0 * laneWidth); var c21 = loadLane(o2 + 1 * laneWidth); var c22 = loadLane(o2 + 2 * laneWidth); var c23 = loadLane(o2 + 3 * laneWidth)
+    var k = 0
+    var j = a0
+    let jEnd = e2
+    while j < jEnd {
+      let lo = (e0 <= j ? 1 : 0) + (e1 <= j ? 1 : 0)
+      let hi = (a1 <= j ? 1 : 0) + (a2 <= j ? 1 : 0)
+      let next = min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd)
+      switch (lo, hi) {
+      case (0, 0):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            vj += vRow; pj0 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            vj += vRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (2, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      default: break  // no query sees these keys (windows apart)
+      }
+      j = next
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth); storeLane(c13, o1 + 3 * laneWidth)
+    storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth); storeLane(c22, o2 + 2 * laneWidth); storeLane(c23, o2 + 3 * laneWidth)
+  }
+
+  /// Natural-layout value update of 4 queries × 1 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn4x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth)
+    var c20 = loadLane(o2 + 0 * laneWidth)
+    var c30 = loadLane(o3 + 0 * laneWidth)
+    var k = 0
+    var j = a0
+    let jEnd = e3
+    while j < jEnd {
+      let lo = (e0 <= j ? 1 : 0) + (e1 <= j ? 1 : 0) + (e2 <= j ? 1 : 0)
+      let hi = (a1 <= j ? 1 : 0) + (a2 <= j ? 1 : 0) + (a3 <= j ? 1 : 0)
+      let next = min(min(min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), a3 > j ? a3 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd), e2 > j ? e2 : jEnd)
+      switch (lo, hi) {
+      case (0, 0):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+            vj += vRow; pj0 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            vj += vRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0) }
+            vj += vRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (2, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (2, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0) }
+            vj += vRow; pj2 += pRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (3, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth)
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0) }
+            vj += vRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      default: break  // no query sees these keys (windows apart)
+      }
+      j = next
+    }
+    storeLane(c00, o0 + 0 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth)
+    storeLane(c20, o2 + 0 * laneWidth)
+    storeLane(c30, o3 + 0 * laneWidth)
+  }
+
+  /// Natural-layout value update of 4 queries × 2 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn4x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth)
+    var c20 = loadLane(o2 + 0 * laneWidth); var c21 = loadLane(o2 + 1 * laneWidth)
+    var c30 = loadLane(o3 + 0 * laneWidth); var c31 = loadLane(o3 + 1 * laneWidth)
+    var k = 0
+    var j = a0
+    let jEnd = e3
+    while j < jEnd {
+      let lo = (e0 <= j ? 1 : 0) + (e1 <= j ? 1 : 0) + (e2 <= j ? 1 : 0)
+      let hi = (a1 <= j ? 1 : 0) + (a2 <= j ? 1 : 0) + (a3 <= j ? 1 : 0)
+      let next = min(min(min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), a3 > j ? a3 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd), e2 > j ? e2 : jEnd)
+      switch (lo, hi) {
+      case (0, 0):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            vj += vRow; pj0 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            vj += vRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
+            vj += vRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (2, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (2, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
+            vj += vRow; pj2 += pRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (3, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
+            vj += vRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      default: break  // no query sees these keys (windows apart)
+      }
+      j = next
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth)
+    storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth)
+    storeLane(c30, o3 + 0 * laneWidth); storeLane(c31, o3 + 1 * laneWidth)
+  }
+
+  /// Natural-layout value update of 4 queries × 3 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn4x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth)
+    var c20 = loadLane(o2 + 0 * laneWidth); var c21 = loadLane(o2 + 1 * laneWidth); var c22 = loadLane(o2 + 2 * laneWidth)
+    var c30 = loadLane(o3 + 0 * laneWidth); var c31 = loadLane(o3 + 1 * laneWidth); var c32 = loadLane(o3 + 2 * laneWidth)
+    var k = 0
+    var j = a0
+    let jEnd = e3
+    while j < jEnd {
+      let lo = (e0 <= j ? 1 : 0) + (e1 <= j ? 1 : 0) + (e2 <= j ? 1 : 0)
+      let hi = (a1 <= j ? 1 : 0) + (a2 <= j ? 1 : 0) + (a3 <= j ? 1 : 0)
+      let next = min(min(min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), a3 > j ? a3 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd), e2 > j ? e2 : jEnd)
+      switch (lo, hi) {
+      case (0, 0):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            vj += vRow; pj0 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            vj += vRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
+            vj += vRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (2, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (2, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
+            vj += vRow; pj2 += pRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (3, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
+            vj += vRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      default: break  // no query sees these keys (windows apart)
+      }
+      j = next
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth)
+    storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth); storeLane(c22, o2 + 2 * laneWidth)
+    storeLane(c30, o3 + 0 * laneWidth); storeLane(c31, o3 + 1 * laneWidth); storeLane(c32, o3 + 2 * laneWidth)
+  }
+
+  /// Natural-layout value update of 4 queries × 4 channel vector(s), over `rows` key rows:
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  @inline(__always)
+  static func pvn4x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth); var c03 = loadLane(o0 + 3 * laneWidth)
+    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth); var c13 = loadLane(o1 + 3 * laneWidth)
+    var c20 = loadLane(o2 + 0 * laneWidth); var c21 = loadLane(o2 + 1 * laneWidth); var c22 = loadLane(o2 + 2 * laneWidth); var c23 = loadLane(o2 + 3 * laneWidth)
+    var c30 = loadLane(o3 + 0 * laneWidth); var c31 = loadLane(o3 + 1 * laneWidth); var c32 = loadLane(o3 + 2 * laneWidth); var c33 = loadLane(o3 + 3 * laneWidth)
+    var k = 0
+    var j = a0
+    let jEnd = e3
+    while j < jEnd {
+      let lo = (e0 <= j ? 1 : 0) + (e1 <= j ? 1 : 0) + (e2 <= j ? 1 : 0)
+      let hi = (a1 <= j ? 1 : 0) + (a2 <= j ? 1 : 0) + (a3 <= j ? 1 : 0)
+      let next = min(min(min(min(min(min(jEnd, a1 > j ? a1 : jEnd), a2 > j ? a2 : jEnd), a3 > j ? a3 : jEnd), e0 > j ? e0 : jEnd), e1 > j ? e1 : jEnd), e2 > j ? e2 : jEnd)
+      switch (lo, hi) {
+      case (0, 0):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            vj += vRow; pj0 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            vj += vRow; pj0 += pRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (0, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
+            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 1):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            vj += vRow; pj1 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj1 += pRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (1, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
+            vj += vRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (2, 2):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj2 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (2, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
+            vj += vRow; pj2 += pRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      case (3, 3):
+        var jj = j
+        while jj < next {
+          var vj = v + jj * vCol
+          var pj3 = p3 + jj * pStep
+          for _ in 0..<rows {
+            let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
+            vj += vRow; pj3 += pRow
+          }
+          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
+          jj += 1
+        }
+      default: break  // no query sees these keys (windows apart)
+      }
+      j = next
+    }
+    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
+    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth); storeLane(c13, o1 + 3 * laneWidth)
+    storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth); storeLane(c22, o2 + 2 * laneWidth); storeLane(c23, o2 + 3 * laneWidth)
+    storeLane(c30, o3 + 0 * laneWidth); storeLane(c31, o3 + 1 * laneWidth); storeLane(c32, o3 + 2 * laneWidth); storeLane(c33, o3 + 3 * laneWidth)
+  }
+
+  /// `pvn{queries}x{vectors}`: query t's probabilities at `p + t·pQuery` (indexed by absolute key column j
+  /// and key row x as `[x·pRow + j·pStep]`), its key columns `a_t ..< e_t`, its outputs at `o + t·oStride`.
+  @inline(__always)
+  static func pvn(queries: Int, vectors: Int, p: UnsafePointer<Float>, pQuery: Int, pStep: Int, pRow: Int,
+                  v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int, a0: Int, e0: Int, a1: Int, e1: Int,
+                  a2: Int, e2: Int, a3: Int, e3: Int,
+                  o: UnsafeMutablePointer<Float>, oStride: Int, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    switch (queries, vectors) {
+    case (1, 1): pvn1x1(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride, pf: pf, pfLast: pfLast)
+    case (1, 2): pvn1x2(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride, pf: pf, pfLast: pfLast)
+    case (1, 3): pvn1x3(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride, pf: pf, pfLast: pfLast)
+    case (1, 4): pvn1x4(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride, pf: pf, pfLast: pfLast)
+    case (2, 1): pvn2x1(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride, pf: pf, pfLast: pfLast)
+    case (2, 2): pvn2x2(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride, pf: pf, pfLast: pfLast)
+    case (2, 3): pvn2x3(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride, pf: pf, pfLast: pfLast)
+    case (2, 4): pvn2x4(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride, pf: pf, pfLast: pfLast)
+    case (3, 1): pvn3x1(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, pfLast: pfLast)
+    case (3, 2): pvn3x2(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, pfLast: pfLast)
+    case (3, 3): pvn3x3(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, pfLast: pfLast)
+    case (3, 4): pvn3x4(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, pfLast: pfLast)
+    case (4, 1): pvn4x1(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride, pf: pf, pfLast: pfLast)
+    case (4, 2): pvn4x2(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride, pf: pf, pfLast: pfLast)
+    case (4, 3): pvn4x3(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride, pf: pf, pfLast: pfLast)
+    case (4, 4): pvn4x4(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride, pf: pf, pfLast: pfLast)
+    default: preconditionFailure("no natural neighborhood tile \(queries)x\(vectors)")
+    }
+  }
 }

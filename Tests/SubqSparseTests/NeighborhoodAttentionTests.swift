@@ -138,6 +138,23 @@ struct NeighborhoodAttentionTests {
     try check(Case(grid: [33], kernel: [5], hq: 3, hkv: 1, d: 1, dv: 1))
   }
 
+  /// The value step has two layouts: V read as stored with O accumulated per query (Dv a whole
+  /// number of lane vectors: 16, 48 and 80 channels here, in blocks of up to four vectors), and V
+  /// packed transposed like K (any other Dv). Both on the same awkward problems: partial last
+  /// vectors and odd lane pairs (21 and 37 columns), dilation, causal axes, grouped heads, bshd,
+  /// a 3-D grid (one softmax chunk per plane, so the per-query accumulators are rescaled between
+  /// chunks), and a 1-D window of 251 keys (several chunks of offsets, where a lane pair's windows
+  /// within a chunk can start and end apart).
+  @Test func valueStepLayouts() throws {
+    for dv in [16, 48, 80, 7, 33] {
+      try check(Case(grid: [9, 37], kernel: [5, 7], dilation: [1, 2], causal: [false, true], b: 2, hq: 4, hkv: 2, d: 19, dv: dv,
+                     layout: .bshd))
+      try check(Case(grid: [3, 5, 21], kernel: [2, 3, 6], dilation: [1, 1, 2], causal: [true, false, false], hq: 2, d: 16, dv: dv,
+                     softcap: 4, rpb: true))
+      try check(Case(grid: [600], kernel: [251], causal: [dv == 48], hq: 1, d: 8, dv: dv))
+    }
+  }
+
   @Test func softcapAndRelativePositionBias() throws {
     try check(Case(grid: [14, 15], kernel: [5], softcap: 3))
     try check(Case(grid: [14, 15], kernel: [5, 4], rpb: true))
