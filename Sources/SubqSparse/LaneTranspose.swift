@@ -76,6 +76,27 @@ enum LaneTranspose {
     #endif
   }
 
+  /// Transposes the `laneWidth` rows `base + rev(i)·step` (i < laneWidth), columns `0..<count`
+  /// (a multiple of `laneWidth`), one block at a time in registers: `store(c, v)` receives column
+  /// c as a lane vector (element l from row l). Returns the sum of every element read, in two
+  /// partial sums (a check that is NaN or ±∞ when an input is; see `copyVectors`).
+  @inline(__always)
+  static func transposeColumns(from base: UnsafePointer<Float>, step: Int, count: Int, store: (Int, Lane) -> Void) -> Lane {
+    var s0 = Lane(), s1 = Lane()
+    var d0 = 0
+    while d0 < count {
+      transpose(
+        load: { i in
+          let e = loadLane(base + rev(i) * step + d0)
+          if i & 1 == 0 { s0 += e } else { s1 += e }
+          return e
+        },
+        store: { i, e in store(d0 + rev(i), e) })
+      d0 += laneWidth
+    }
+    return s0 + s1
+  }
+
   /// Transposes `m[0..<laneWidth]` in place as described above.
   @inline(__always)
   static func transpose(_ m: UnsafeMutablePointer<Lane>) {

@@ -573,21 +573,9 @@ struct NeighborhoodPlan: Sendable {
         let col = dst + padL + c2 - cs
         if inside && full == width {
           // A whole vector of columns inside the grid: each 16×16 block goes from the source
-          // rows to the packed row in registers. Two partial check sums (see `copyVectors`).
+          // rows to the packed row in registers.
           let base = src + rows.offset(batch: b, head: g, row: position(s, z, x, c2))
-          var s0 = Lane(), s1 = Lane()
-          var d0 = 0
-          while d0 < full {
-            LaneTranspose.transpose(
-              load: { i in
-                let e = loadLane(base + LaneTranspose.rev(i) * step + d0)
-                if i & 1 == 0 { s0 += e } else { s1 += e }
-                return e
-              },
-              store: { i, e in storeLane(e, col + (d0 + LaneTranspose.rev(i)) * rowStride) })
-            d0 += Lw
-          }
-          check += s0 + s1
+          check += LaneTranspose.transposeColumns(from: base, step: step, count: full) { d, e in storeLane(e, col + d * rowStride) }
           c2 += Lw
           continue
         }
@@ -742,19 +730,7 @@ struct NeighborhoodPlan: Sendable {
         // Qᵀ in registers, scaled on the way.
         let base = q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0))
         let step = ax2.dilation * qr.rowStride
-        var s0 = Lane(), s1 = Lane()
-        var d0 = 0
-        while d0 < D {
-          LaneTranspose.transpose(
-            load: { i in
-              let e = loadLane(base + LaneTranspose.rev(i) * step + d0)
-              if i & 1 == 0 { s0 += e } else { s1 += e }
-              return e
-            },
-            store: { i, e in qt[r * D + d0 + LaneTranspose.rev(i)] = e * scaleV })
-          d0 += Lw
-        }
-        check += s0 + s1
+        check += LaneTranspose.transposeColumns(from: base, step: step, count: D) { d, e in qt[r * D + d] = e * scaleV }
       } else if real == Lw {
         // Whole lane vector: 16×16 (8×8) blocks transposed in registers.
         // Each query row read front to back into the transpose area (see `pack`).
