@@ -865,10 +865,15 @@ struct NeighborhoodPlan: Sendable {
               var mx = mRun[r]
               if plain && allLo <= oc && oe <= allHi {
                 // No softcap, no bias, every lane sees every offset of the chunk: only the max.
+                // Two running maxima: one would chain every vmax on the previous (latency).
+                var m2 = mx
                 for x in xr0..<xr1 {
                   let row = st + r * sRow + (x - xc) * go - oc
-                  for o in oc..<oe { mx = vmax(mx, row[o]) }
+                  var o = oc
+                  while o + 1 < oe { mx = vmax(mx, row[o]); m2 = vmax(m2, row[o + 1]); o += 2 }
+                  if o < oe { mx = vmax(mx, row[o]) }
                 }
+                mx = vmax(mx, m2)
               } else {
               for x in xr0..<xr1 {
                 let row = st + r * sRow + (x - xc) * go - oc
@@ -889,15 +894,26 @@ struct NeighborhoodPlan: Sendable {
               let safe = mx.replacing(with: 0, where: mx .== -Float.infinity)
               let alpha = exp2Lane(mRun[r] - safe)
               mRun[r] = mx
-              var sum = Lane()
+              // Two partial sums, for the same reason.
+              var sum = Lane(), sum2 = Lane()
               for x in xr0..<xr1 {
                 let row = st + r * sRow + (x - xc) * go - oc
-                for o in oc..<oe {
+                var o = oc
+                while o + 1 < oe {
+                  let e = exp2Lane(row[o] - safe), e2 = exp2Lane(row[o + 1] - safe)
+                  row[o] = e
+                  row[o + 1] = e2
+                  sum += e
+                  sum2 += e2
+                  o += 2
+                }
+                if o < oe {
                   let e = exp2Lane(row[o] - safe)
                   row[o] = e
                   sum += e
                 }
               }
+              sum += sum2
               lRun[r] = fmadd(sum, lRun[r], alpha)
               if started & (1 << r) != 0 {
                 if naturalV {
