@@ -91,15 +91,18 @@ def pvn(Q, NV):
     L = []
     L.append(f"  /// Natural-layout value update of {Q} quer{'y' if Q == 1 else 'ies'} × {NV} channel vector(s), over `rows` key rows:")
     L.append("  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.")
-    L.append("  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).")
+    L.append("  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the")
+    L.append("  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output")
+    L.append("  /// when this call covers query t's whole window (one softmax chunk).")
     L.append("  @inline(__always)")
     ps = ", ".join(f"_ p{t}: UnsafePointer<Float>" for t in range(Q))
     os_ = ", ".join(f"_ o{t}: UnsafeMutablePointer<Float>" for t in range(Q))
     bounds = ", ".join(f"a{t}: Int, e{t}: Int" for t in range(Q))
     L.append(f"  static func pvn{Q}x{NV}({ps}, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,")
-    L.append(f"                      {bounds}, {os_}, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {{")
+    scales = ", ".join(f"s{t}: Float" for t in range(Q))
+    L.append(f"                      {bounds}, {os_}, direct: Bool, {scales}, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {{")
     for t in range(Q):
-        L.append("    " + "; ".join(f"var c{t}{c} = loadLane(o{t} + {c} * laneWidth)" for c in range(NV)))
+        L.append("    " + "; ".join(f"var c{t}{c} = direct ? Lane() : loadLane(o{t} + {c} * laneWidth)" for c in range(NV)))
     if Q <= 2:
         # Segments: [a0, min(a1, e0)) query 0 only, [a1, e0) both, [max(a1, e0), e1) query 1 only.
         # Key columns outside, key rows inside (see below).
@@ -161,8 +164,13 @@ def pvn(Q, NV):
         L.append("      }")
         L.append("      j = next")
         L.append("    }")
+    L.append("    if direct {")
     for t in range(Q):
-        L.append("    " + "; ".join(f"storeLane(c{t}{c}, o{t} + {c} * laneWidth)" for c in range(NV)))
+        L.append(f"      do {{ let s = Lane(repeating: s{t}); " + "; ".join(f"storeLane(c{t}{c} * s, o{t} + {c} * laneWidth)" for c in range(NV)) + " }")
+    L.append("    } else {")
+    for t in range(Q):
+        L.append("      " + "; ".join(f"storeLane(c{t}{c}, o{t} + {c} * laneWidth)" for c in range(NV)))
+    L.append("    }")
     L.append("  }")
     return L
 
@@ -170,19 +178,23 @@ def pvn(Q, NV):
 def pvn_dispatch():
     L = []
     L.append("  /// `pvn{queries}x{vectors}`: query t's probabilities at `p + t·pQuery` (indexed by absolute key column j")
-    L.append("  /// and key row x as `[x·pRow + j·pStep]`), its key columns `a_t ..< e_t`, its outputs at `o + t·oStride`.")
+    L.append("  /// and key row x as `[x·pRow + j·pStep]`), its key columns `a_t ..< e_t`, its outputs at `o + t·oStride`;")
+    L.append("  /// with `direct`, query t's sums start at zero and are stored times `scale[t]`.")
     L.append("  @inline(__always)")
     L.append("  static func pvn(queries: Int, vectors: Int, p: UnsafePointer<Float>, pQuery: Int, pStep: Int, pRow: Int,")
     L.append("                  v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int, a0: Int, e0: Int, a1: Int, e1: Int,")
     L.append("                  a2: Int, e2: Int, a3: Int, e3: Int,")
-    L.append("                  o: UnsafeMutablePointer<Float>, oStride: Int, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {")
+    L.append("                  o: UnsafeMutablePointer<Float>, oStride: Int, direct: Bool, scale: UnsafePointer<Float>,")
+    L.append("                  pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {")
     L.append("    switch (queries, vectors) {")
     for Q in NAT_QUERIES:
         for NV in NAT_VECTORS:
             pp = ", ".join(f"p + {t} * pQuery" for t in range(Q))
             oo = ", ".join(f"o + {t} * oStride" for t in range(Q))
             bb = ", ".join(f"a{t}: a{t}, e{t}: e{t}" for t in range(Q))
-            L.append(f"    case ({Q}, {NV}): pvn{Q}x{NV}({pp}, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, {bb}, {oo}, pf: pf, pfLast: pfLast)")
+            sc = ", ".join(f"s{t}: scale[{t}]" for t in range(Q))
+            L.append(f"    case ({Q}, {NV}): pvn{Q}x{NV}({pp}, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, {bb}, {oo},")
+            L.append(f"                      direct: direct, {sc}, pf: pf, pfLast: pfLast)")
     L.append("    default: preconditionFailure(\"no natural neighborhood tile \\(queries)x\\(vectors)\")")
     L.append("    }")
     L.append("  }")

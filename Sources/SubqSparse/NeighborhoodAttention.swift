@@ -378,10 +378,14 @@ struct NeighborhoodPlan: Sendable {
     subgrids = sgs
     tagRows = sgs.map { $0.n0 * $0.n1 }.max() ?? 1
     // Split each (head, sub-grid, plane) into contiguous runs of bands: enough items to keep every
-    // thread busy, few enough that the halo rows repacked at run boundaries stay cheap.
+    // thread busy, few enough that the halo rows repacked at run boundaries (and the first band of
+    // each item, which nothing prefetched) stay cheap. About four items per thread: with two per
+    // thread (4 heads, 2 threads: one item per head) one worker slowed by the host left the other
+    // idle for up to an item at the end; interleaved 2-thread runs (128×128, 7×7, 4 heads) were
+    // faster with 8 items than with 4 in 8 of 9 rounds, and slower again with 32.
     let sw = stripWidth
     let planes = sgs.reduce(0) { $0 + $1.n0 * (($1.n2 + sw - 1) / sw) }
-    let wanted = max(1, (2 * p.threads + p.batch * p.queryHeads * planes - 1) / (p.batch * p.queryHeads * planes))
+    let wanted = max(1, (4 * p.threads + p.batch * p.queryHeads * planes - 1) / (p.batch * p.queryHeads * planes))
     var items: [NeighborhoodItem] = []
     for b in 0..<p.batch {
       for h in 0..<p.queryHeads {
@@ -418,12 +422,12 @@ struct NeighborhoodPlan: Sendable {
     biasStride = b0 * b1 * b2
     self.bias = bias.map { t in t.scalars.map { $0 * NeighborhoodPlan.log2e } }
     // Scratch (floats): Qᵀ [R][D] lanes, Oᵀ [R][Dv] lanes, scores [R][chunkX][chunkO] lanes,
-    // m[R], l[R], lo, hi lanes, a transpose block, then the row cache.
+    // m[R], l[R], lo, hi, 1/l[R] lanes, a transpose block, then the row cache.
     qtOff = 0
     otOff = qtOff + R * p.headDim * Lw + 16
     sOff = otOff + R * p.valueDim * Lw + 16
     vecOff = sOff + R * chunkX * chunkO * Lw + 16
-    tOff = vecOff + (2 * R + 2) * Lw + 16
+    tOff = vecOff + (3 * R + 2) * Lw + 16
     // The transpose area holds one 16-row block of every 16 channels of K or V (pack) or Q.
     let tFloats = Lw * max(Lw, max(p.headDim, p.valueDim) / Lw * Lw)
     // Prefetch list (pointers, two floats each): one tile's queries and outputs, and a share
@@ -515,7 +519,12 @@ struct NeighborhoodPlan: Sendable {
   func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
                lse: UnsafeMutablePointer<Float>?) -> Bool {
     let workers = Parallel.workers(for: items.count, threads: p.threads)
-    let scratch = AlignedBuffer<Float>(count: workers * scratchFloats)
+    // Uninitialized: every part of a worker's scratch is written before it is read (packed rows
+    // are written whole, zeros included; scores, sums and the prefetch list per tile).
+    let scratchBytes = workers * scratchFloats * MemoryLayout<Float>.stride
+    let raw = UnsafeMutableRawPointer.allocate(byteCount: scratchBytes, alignment: 64)
+    defer { raw.deallocate() }
+    let scratchPointer = raw.bindMemory(to: Float.self, capacity: workers * scratchFloats)
     let perWorker = slotsZ * slotsX + 1  // cache tags, then the non-finite flag
     let tags = AlignedBuffer<Int>(count: workers * perWorker)
     for w in 0..<workers {
@@ -524,14 +533,13 @@ struct NeighborhoodPlan: Sendable {
     }
     let qp = SendablePointer(q), kp = SendablePointer(k), vp = SendablePointer(v), op = SendablePointer(out)
     let lp = lse.map { SendablePointer($0) }
-    let sp = SendablePointer(scratch.pointer), tp = SendablePointer(tags.pointer)
+    let sp = SendablePointer(scratchPointer), tp = SendablePointer(tags.pointer)
     Parallel.forEach(items.count, threads: workers) { item, worker in
       self.run(self.items[item], q: qp.pointer, k: kp.pointer, v: vp.pointer, out: op.pointer, lse: lp?.pointer,
                scratch: sp.pointer + worker * self.scratchFloats, tags: tp.pointer + worker * perWorker)
     }
     var nonFinite = false
     for w in 0..<workers where tags.pointer[w * perWorker + perWorker - 1] != 0 { nonFinite = true }
-    withExtendedLifetime(scratch) {}
     withExtendedLifetime(tags) {}
     return nonFinite
   }
@@ -563,8 +571,11 @@ struct NeighborhoodPlan: Sendable {
       let full = width / Lw * Lw
       for d in 0..<width {
         let row = dst + d * rowStride
-        for c in stride(from: 0, to: pLo, by: Lw) { storeLane(Lane(), row + c) }
-        for c in stride(from: pHi, to: rowStride, by: Lw) { storeLane(Lane(), row + c) }
+        // (While loops: `stride` iterators were not inlined here, a call per vector.)
+        var c = 0
+        while c < pLo { storeLane(Lane(), row + c); c += Lw }
+        c = pHi
+        while c < rowStride { storeLane(Lane(), row + c); c += Lw }
       }
       let step = ax2.dilation * rows.rowStride
       var c2 = first
@@ -714,7 +725,7 @@ struct NeighborhoodPlan: Sendable {
     let ot = UnsafeMutableRawPointer(otF).assumingMemoryBound(to: Lane.self)     // [R][Dv] lanes, or (naturalV) [R][Lw][Dv] floats
     let st = UnsafeMutableRawPointer(scratch + sOff).assumingMemoryBound(to: Lane.self)
     let vecs = UnsafeMutableRawPointer(scratch + vecOff).assumingMemoryBound(to: Lane.self)
-    let mRun = vecs, lRun = vecs + R, loV = vecs + 2 * R, hiV = vecs + 2 * R + 1
+    let mRun = vecs, lRun = vecs + R, loV = vecs + 2 * R, hiV = vecs + 2 * R + 1, invV = vecs + 2 * R + 2
     let loF = UnsafeMutableRawPointer(loV).assumingMemoryBound(to: Float.self)
     let hiF = UnsafeMutableRawPointer(hiV).assumingMemoryBound(to: Float.self)
 
@@ -761,9 +772,7 @@ struct NeighborhoodPlan: Sendable {
           }
         }
       }
-      if naturalV {
-        (otF + r * Lw * Dv).update(repeating: 0, count: real * Dv)
-      } else {
+      if !naturalV {
         for c in 0..<Dv { ot[r * Dv + c] = Lane() }
       }
       mRun[r] = Lane(repeating: -.infinity)
@@ -805,6 +814,13 @@ struct NeighborhoodPlan: Sendable {
 
     let go = min(oHi - oLo, chunkO), gx = chunkX
     let sRow = gx * go
+    // One softmax chunk holds every row's whole window (e.g. 2-D 7×7): the value step starts its
+    // sums at zero and writes O = sums / l straight to the output rows, with no Oᵀ scratch.
+    let direct = naturalV && zCount == 1 && xHi - xLo <= gx && oHi - oLo <= go
+    let oStep = ax2.dilation * p.outputRows.rowStride
+    if naturalV && !direct {
+      for r in 0..<R { (otF + r * Lw * Dv).update(repeating: 0, count: real * Dv) }
+    }
     let kRowFloats = D * rowStride
     let softcapLog2 = p.softcap.map { $0 * NeighborhoodPlan.log2e }
     let b1 = 2 * ax1.kernel - 1, b2 = 2 * ax2.kernel - 1
@@ -849,10 +865,15 @@ struct NeighborhoodPlan: Sendable {
               var mx = mRun[r]
               if plain && allLo <= oc && oe <= allHi {
                 // No softcap, no bias, every lane sees every offset of the chunk: only the max.
+                // Two running maxima: one would chain every vmax on the previous (latency).
+                var m2 = mx
                 for x in xr0..<xr1 {
                   let row = st + r * sRow + (x - xc) * go - oc
-                  for o in oc..<oe { mx = vmax(mx, row[o]) }
+                  var o = oc
+                  while o + 1 < oe { mx = vmax(mx, row[o]); m2 = vmax(m2, row[o + 1]); o += 2 }
+                  if o < oe { mx = vmax(mx, row[o]) }
                 }
+                mx = vmax(mx, m2)
               } else {
               for x in xr0..<xr1 {
                 let row = st + r * sRow + (x - xc) * go - oc
@@ -873,21 +894,33 @@ struct NeighborhoodPlan: Sendable {
               let safe = mx.replacing(with: 0, where: mx .== -Float.infinity)
               let alpha = exp2Lane(mRun[r] - safe)
               mRun[r] = mx
-              var sum = Lane()
+              // Two partial sums, for the same reason.
+              var sum = Lane(), sum2 = Lane()
               for x in xr0..<xr1 {
                 let row = st + r * sRow + (x - xc) * go - oc
-                for o in oc..<oe {
+                var o = oc
+                while o + 1 < oe {
+                  let e = exp2Lane(row[o] - safe), e2 = exp2Lane(row[o + 1] - safe)
+                  row[o] = e
+                  row[o + 1] = e2
+                  sum += e
+                  sum2 += e2
+                  o += 2
+                }
+                if o < oe {
                   let e = exp2Lane(row[o] - safe)
                   row[o] = e
                   sum += e
                 }
               }
+              sum += sum2
               lRun[r] = fmadd(sum, lRun[r], alpha)
               if started & (1 << r) != 0 {
                 if naturalV {
                   for l in 0..<real {
                     let o = otF + (r * Lw + l) * Dv, a = Lane(repeating: alpha[l])
-                    for c in stride(from: 0, to: Dv, by: Lw) { storeLane(loadLane(o + c) * a, o + c) }
+                    var c = 0
+                    while c < Dv { storeLane(loadLane(o + c) * a, o + c); c += Lw }
                   }
                 } else {
                   let o = ot + r * Dv
@@ -904,6 +937,13 @@ struct NeighborhoodPlan: Sendable {
               // the group's few key columns), which then stay in L1.
               let stF = UnsafeMutableRawPointer(st).assumingMemoryBound(to: Float.self)
               let vz = v + p.valueRows.offset(batch: b, head: g, row: position(s, z, 0, 0))
+              if direct {
+                for r in 0..<R {
+                  let sums = lRun[r]
+                  invV[r] = Lane(repeating: 1).replacing(with: 0, where: sums .<= 0) / sums.replacing(with: 1, where: sums .<= 0)
+                }
+              }
+              let invF = UnsafeMutableRawPointer(invV).assumingMemoryBound(to: Float.self)
               var l = 0
               while l < real {
                 let nq = min(NeighborhoodPlan.pvQueries, real - l)
@@ -924,13 +964,17 @@ struct NeighborhoodPlan: Sendable {
                   // Lane l's score for key column j of row x sits at float
                   // ((r·sRow + (x − xc)·go + j − i − oc)·Lw + l) of the scores.
                   let pBase = stF + ((r * sRow + (xr0 - xc) * go - i - oc) * Lw + l)
+                  let (oBase, oStride) = direct
+                    ? (out + p.outputRows.offset(batch: b, head: h, row: position(s, c0, c1s + r, i)), oStep)
+                    : (otF + (r * Lw + l) * Dv, Dv)
                   var cb = 0
                   while cb < Dv {
                     let nv = min(4, (Dv - cb) / Lw)
                     NeighborhoodTiles.pvn(queries: nq, vectors: nv, p: pBase, pQuery: 1 - Lw, pStep: Lw, pRow: go * Lw,
                                           v: vx + cb, vCol: vCol, vRow: vRow, rows: xr1 - xr0, a0: a0, e0: e0, a1: a1, e1: e1,
                                           a2: a2, e2: e2, a3: a3, e3: e3,
-                                          o: otF + (r * Lw + l) * Dv + cb, oStride: Dv, pf: pf + pfAt, pfLast: pfCount + pfPad - 1 - pfAt)
+                                          o: oBase + cb, oStride: oStride, direct: direct, scale: invF + r * Lw + l,
+                                          pf: pf + pfAt, pfLast: pfCount + pfPad - 1 - pfAt)
                     pfAt = min(pfAt + keysSeen, pfCount)
                     cb += nv * Lw
                   }
@@ -971,13 +1015,14 @@ struct NeighborhoodPlan: Sendable {
     for r in 0..<R {
       let sums = lRun[r]
       let inv = Lane(repeating: 1).replacing(with: 0, where: sums .<= 0) / sums.replacing(with: 1, where: sums .<= 0)
-      if naturalV {
+      if naturalV && !direct {
         for l in 0..<real {
           let sum = lF[r * Lw + l]
           let invL = Lane(repeating: sum > 0 ? 1 / sum : 0)
           let src = otF + (r * Lw + l) * Dv
           let dst = out + orows.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + l))
-          for c in stride(from: 0, to: Dv, by: Lw) { storeLane(loadLane(src + c) * invL, dst + c) }
+          var c = 0
+          while c < Dv { storeLane(loadLane(src + c) * invL, dst + c); c += Lw }
         }
       }
       var c0v = naturalV ? Dv : 0

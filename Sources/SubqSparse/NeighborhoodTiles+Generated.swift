@@ -894,11 +894,13 @@ extension NeighborhoodTiles {
 
   /// Natural-layout value update of 1 query × 1 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn1x1(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth)
+                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth)
     var k = 0
     do {
       var jj = a0
@@ -915,16 +917,22 @@ extension NeighborhoodTiles {
         jj += 1
       }
     }
-    storeLane(c00, o0 + 0 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 1 query × 2 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn1x2(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth)
+                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth)
     var k = 0
     do {
       var jj = a0
@@ -941,16 +949,22 @@ extension NeighborhoodTiles {
         jj += 1
       }
     }
-    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 1 query × 3 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn1x3(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth)
+                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth)
     var k = 0
     do {
       var jj = a0
@@ -967,16 +981,22 @@ extension NeighborhoodTiles {
         jj += 1
       }
     }
-    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 1 query × 4 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn1x4(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth); var c03 = loadLane(o0 + 3 * laneWidth)
+                      a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth); var c03 = direct ? Lane() : loadLane(o0 + 3 * laneWidth)
     var k = 0
     do {
       var jj = a0
@@ -993,17 +1013,23 @@ extension NeighborhoodTiles {
         jj += 1
       }
     }
-    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth); storeLane(c03 * s, o0 + 3 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 2 queries × 1 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn2x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth)
-    var c10 = loadLane(o1 + 0 * laneWidth)
+                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth)
+    var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth)
     var k = 0
     do {
       var jj = a0
@@ -1051,18 +1077,25 @@ extension NeighborhoodTiles {
         jj += 1
       }
     }
-    storeLane(c00, o0 + 0 * laneWidth)
-    storeLane(c10, o1 + 0 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth)
+      storeLane(c10, o1 + 0 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 2 queries × 2 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn2x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth)
-    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth)
+                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth)
+    var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth)
     var k = 0
     do {
       var jj = a0
@@ -1110,18 +1143,25 @@ extension NeighborhoodTiles {
         jj += 1
       }
     }
-    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
-    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
+      storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 2 queries × 3 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn2x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth)
-    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth)
+                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth)
+    var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth); var c12 = direct ? Lane() : loadLane(o1 + 2 * laneWidth)
     var k = 0
     do {
       var jj = a0
@@ -1169,18 +1209,25 @@ extension NeighborhoodTiles {
         jj += 1
       }
     }
-    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
-    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth); storeLane(c12 * s, o1 + 2 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
+      storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 2 queries × 4 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn2x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth); var c03 = loadLane(o0 + 3 * laneWidth)
-    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth); var c13 = loadLane(o1 + 3 * laneWidth)
+                      a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth); var c03 = direct ? Lane() : loadLane(o0 + 3 * laneWidth)
+    var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth); var c12 = direct ? Lane() : loadLane(o1 + 2 * laneWidth); var c13 = direct ? Lane() : loadLane(o1 + 3 * laneWidth)
     var k = 0
     do {
       var jj = a0
@@ -1228,19 +1275,26 @@ extension NeighborhoodTiles {
         jj += 1
       }
     }
-    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
-    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth); storeLane(c13, o1 + 3 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth); storeLane(c03 * s, o0 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth); storeLane(c12 * s, o1 + 2 * laneWidth); storeLane(c13 * s, o1 + 3 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
+      storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth); storeLane(c13, o1 + 3 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 3 queries × 1 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn3x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth)
-    var c10 = loadLane(o1 + 0 * laneWidth)
-    var c20 = loadLane(o2 + 0 * laneWidth)
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth)
+    var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth)
+    var c20 = direct ? Lane() : loadLane(o2 + 0 * laneWidth)
     var k = 0
     var j = a0
     let jEnd = e2
@@ -1335,20 +1389,28 @@ extension NeighborhoodTiles {
       }
       j = next
     }
-    storeLane(c00, o0 + 0 * laneWidth)
-    storeLane(c10, o1 + 0 * laneWidth)
-    storeLane(c20, o2 + 0 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth)
+      storeLane(c10, o1 + 0 * laneWidth)
+      storeLane(c20, o2 + 0 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 3 queries × 2 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn3x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth)
-    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth)
-    var c20 = loadLane(o2 + 0 * laneWidth); var c21 = loadLane(o2 + 1 * laneWidth)
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth)
+    var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth)
+    var c20 = direct ? Lane() : loadLane(o2 + 0 * laneWidth); var c21 = direct ? Lane() : loadLane(o2 + 1 * laneWidth)
     var k = 0
     var j = a0
     let jEnd = e2
@@ -1443,20 +1505,28 @@ extension NeighborhoodTiles {
       }
       j = next
     }
-    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
-    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth)
-    storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth); storeLane(c21 * s, o2 + 1 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
+      storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth)
+      storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 3 queries × 3 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn3x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth)
-    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth)
-    var c20 = loadLane(o2 + 0 * laneWidth); var c21 = loadLane(o2 + 1 * laneWidth); var c22 = loadLane(o2 + 2 * laneWidth)
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth)
+    var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth); var c12 = direct ? Lane() : loadLane(o1 + 2 * laneWidth)
+    var c20 = direct ? Lane() : loadLane(o2 + 0 * laneWidth); var c21 = direct ? Lane() : loadLane(o2 + 1 * laneWidth); var c22 = direct ? Lane() : loadLane(o2 + 2 * laneWidth)
     var k = 0
     var j = a0
     let jEnd = e2
@@ -1551,20 +1621,28 @@ extension NeighborhoodTiles {
       }
       j = next
     }
-    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
-    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth)
-    storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth); storeLane(c22, o2 + 2 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth); storeLane(c12 * s, o1 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth); storeLane(c21 * s, o2 + 1 * laneWidth); storeLane(c22 * s, o2 + 2 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
+      storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth)
+      storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth); storeLane(c22, o2 + 2 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 3 queries × 4 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn3x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth); var c03 = loadLane(o0 + 3 * laneWidth)
-    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth); var c13 = loadLane(o1 + 3 * laneWidth)
-    var c20 = loadLane(o2 + 0 * laneWidth); var c21 = loadLane(o2 + 1 * laneWidth); var c22 = loadLane(o2 + 2 * laneWidth); var c23 = loadLane(o2 + 3 * laneWidth)
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth); var c03 = direct ? Lane() : loadLane(o0 + 3 * laneWidth)
+    var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth); var c12 = direct ? Lane() : loadLane(o1 + 2 * laneWidth); var c13 = direct ? Lane() : loadLane(o1 + 3 * laneWidth)
+    var c20 = direct ? Lane() : loadLane(o2 + 0 * laneWidth); var c21 = direct ? Lane() : loadLane(o2 + 1 * laneWidth); var c22 = direct ? Lane() : loadLane(o2 + 2 * laneWidth); var c23 = direct ? Lane() : loadLane(o2 + 3 * laneWidth)
     var k = 0
     var j = a0
     let jEnd = e2
@@ -1659,21 +1737,29 @@ extension NeighborhoodTiles {
       }
       j = next
     }
-    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
-    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth); storeLane(c13, o1 + 3 * laneWidth)
-    storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth); storeLane(c22, o2 + 2 * laneWidth); storeLane(c23, o2 + 3 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth); storeLane(c03 * s, o0 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth); storeLane(c12 * s, o1 + 2 * laneWidth); storeLane(c13 * s, o1 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth); storeLane(c21 * s, o2 + 1 * laneWidth); storeLane(c22 * s, o2 + 2 * laneWidth); storeLane(c23 * s, o2 + 3 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
+      storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth); storeLane(c13, o1 + 3 * laneWidth)
+      storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth); storeLane(c22, o2 + 2 * laneWidth); storeLane(c23, o2 + 3 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 4 queries × 1 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn4x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth)
-    var c10 = loadLane(o1 + 0 * laneWidth)
-    var c20 = loadLane(o2 + 0 * laneWidth)
-    var c30 = loadLane(o3 + 0 * laneWidth)
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, s3: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth)
+    var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth)
+    var c20 = direct ? Lane() : loadLane(o2 + 0 * laneWidth)
+    var c30 = direct ? Lane() : loadLane(o3 + 0 * laneWidth)
     var k = 0
     var j = a0
     let jEnd = e3
@@ -1826,22 +1912,31 @@ extension NeighborhoodTiles {
       }
       j = next
     }
-    storeLane(c00, o0 + 0 * laneWidth)
-    storeLane(c10, o1 + 0 * laneWidth)
-    storeLane(c20, o2 + 0 * laneWidth)
-    storeLane(c30, o3 + 0 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s3); storeLane(c30 * s, o3 + 0 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth)
+      storeLane(c10, o1 + 0 * laneWidth)
+      storeLane(c20, o2 + 0 * laneWidth)
+      storeLane(c30, o3 + 0 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 4 queries × 2 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn4x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth)
-    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth)
-    var c20 = loadLane(o2 + 0 * laneWidth); var c21 = loadLane(o2 + 1 * laneWidth)
-    var c30 = loadLane(o3 + 0 * laneWidth); var c31 = loadLane(o3 + 1 * laneWidth)
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, s3: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth)
+    var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth)
+    var c20 = direct ? Lane() : loadLane(o2 + 0 * laneWidth); var c21 = direct ? Lane() : loadLane(o2 + 1 * laneWidth)
+    var c30 = direct ? Lane() : loadLane(o3 + 0 * laneWidth); var c31 = direct ? Lane() : loadLane(o3 + 1 * laneWidth)
     var k = 0
     var j = a0
     let jEnd = e3
@@ -1994,22 +2089,31 @@ extension NeighborhoodTiles {
       }
       j = next
     }
-    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
-    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth)
-    storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth)
-    storeLane(c30, o3 + 0 * laneWidth); storeLane(c31, o3 + 1 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth); storeLane(c21 * s, o2 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s3); storeLane(c30 * s, o3 + 0 * laneWidth); storeLane(c31 * s, o3 + 1 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
+      storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth)
+      storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth)
+      storeLane(c30, o3 + 0 * laneWidth); storeLane(c31, o3 + 1 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 4 queries × 3 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn4x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth)
-    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth)
-    var c20 = loadLane(o2 + 0 * laneWidth); var c21 = loadLane(o2 + 1 * laneWidth); var c22 = loadLane(o2 + 2 * laneWidth)
-    var c30 = loadLane(o3 + 0 * laneWidth); var c31 = loadLane(o3 + 1 * laneWidth); var c32 = loadLane(o3 + 2 * laneWidth)
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, s3: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth)
+    var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth); var c12 = direct ? Lane() : loadLane(o1 + 2 * laneWidth)
+    var c20 = direct ? Lane() : loadLane(o2 + 0 * laneWidth); var c21 = direct ? Lane() : loadLane(o2 + 1 * laneWidth); var c22 = direct ? Lane() : loadLane(o2 + 2 * laneWidth)
+    var c30 = direct ? Lane() : loadLane(o3 + 0 * laneWidth); var c31 = direct ? Lane() : loadLane(o3 + 1 * laneWidth); var c32 = direct ? Lane() : loadLane(o3 + 2 * laneWidth)
     var k = 0
     var j = a0
     let jEnd = e3
@@ -2162,22 +2266,31 @@ extension NeighborhoodTiles {
       }
       j = next
     }
-    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
-    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth)
-    storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth); storeLane(c22, o2 + 2 * laneWidth)
-    storeLane(c30, o3 + 0 * laneWidth); storeLane(c31, o3 + 1 * laneWidth); storeLane(c32, o3 + 2 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth); storeLane(c12 * s, o1 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth); storeLane(c21 * s, o2 + 1 * laneWidth); storeLane(c22 * s, o2 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s3); storeLane(c30 * s, o3 + 0 * laneWidth); storeLane(c31 * s, o3 + 1 * laneWidth); storeLane(c32 * s, o3 + 2 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
+      storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth)
+      storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth); storeLane(c22, o2 + 2 * laneWidth)
+      storeLane(c30, o3 + 0 * laneWidth); storeLane(c31, o3 + 1 * laneWidth); storeLane(c32, o3 + 2 * laneWidth)
+    }
   }
 
   /// Natural-layout value update of 4 queries × 4 channel vector(s), over `rows` key rows:
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
-  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`).
+  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
+  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
+  /// when this call covers query t's whole window (one softmax chunk).
   @inline(__always)
   static func pvn4x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
-                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
-    var c00 = loadLane(o0 + 0 * laneWidth); var c01 = loadLane(o0 + 1 * laneWidth); var c02 = loadLane(o0 + 2 * laneWidth); var c03 = loadLane(o0 + 3 * laneWidth)
-    var c10 = loadLane(o1 + 0 * laneWidth); var c11 = loadLane(o1 + 1 * laneWidth); var c12 = loadLane(o1 + 2 * laneWidth); var c13 = loadLane(o1 + 3 * laneWidth)
-    var c20 = loadLane(o2 + 0 * laneWidth); var c21 = loadLane(o2 + 1 * laneWidth); var c22 = loadLane(o2 + 2 * laneWidth); var c23 = loadLane(o2 + 3 * laneWidth)
-    var c30 = loadLane(o3 + 0 * laneWidth); var c31 = loadLane(o3 + 1 * laneWidth); var c32 = loadLane(o3 + 2 * laneWidth); var c33 = loadLane(o3 + 3 * laneWidth)
+                      a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, s3: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+    var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth); var c03 = direct ? Lane() : loadLane(o0 + 3 * laneWidth)
+    var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth); var c12 = direct ? Lane() : loadLane(o1 + 2 * laneWidth); var c13 = direct ? Lane() : loadLane(o1 + 3 * laneWidth)
+    var c20 = direct ? Lane() : loadLane(o2 + 0 * laneWidth); var c21 = direct ? Lane() : loadLane(o2 + 1 * laneWidth); var c22 = direct ? Lane() : loadLane(o2 + 2 * laneWidth); var c23 = direct ? Lane() : loadLane(o2 + 3 * laneWidth)
+    var c30 = direct ? Lane() : loadLane(o3 + 0 * laneWidth); var c31 = direct ? Lane() : loadLane(o3 + 1 * laneWidth); var c32 = direct ? Lane() : loadLane(o3 + 2 * laneWidth); var c33 = direct ? Lane() : loadLane(o3 + 3 * laneWidth)
     var k = 0
     var j = a0
     let jEnd = e3
@@ -2330,36 +2443,61 @@ extension NeighborhoodTiles {
       }
       j = next
     }
-    storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
-    storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth); storeLane(c13, o1 + 3 * laneWidth)
-    storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth); storeLane(c22, o2 + 2 * laneWidth); storeLane(c23, o2 + 3 * laneWidth)
-    storeLane(c30, o3 + 0 * laneWidth); storeLane(c31, o3 + 1 * laneWidth); storeLane(c32, o3 + 2 * laneWidth); storeLane(c33, o3 + 3 * laneWidth)
+    if direct {
+      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth); storeLane(c03 * s, o0 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth); storeLane(c12 * s, o1 + 2 * laneWidth); storeLane(c13 * s, o1 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth); storeLane(c21 * s, o2 + 1 * laneWidth); storeLane(c22 * s, o2 + 2 * laneWidth); storeLane(c23 * s, o2 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s3); storeLane(c30 * s, o3 + 0 * laneWidth); storeLane(c31 * s, o3 + 1 * laneWidth); storeLane(c32 * s, o3 + 2 * laneWidth); storeLane(c33 * s, o3 + 3 * laneWidth) }
+    } else {
+      storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
+      storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth); storeLane(c13, o1 + 3 * laneWidth)
+      storeLane(c20, o2 + 0 * laneWidth); storeLane(c21, o2 + 1 * laneWidth); storeLane(c22, o2 + 2 * laneWidth); storeLane(c23, o2 + 3 * laneWidth)
+      storeLane(c30, o3 + 0 * laneWidth); storeLane(c31, o3 + 1 * laneWidth); storeLane(c32, o3 + 2 * laneWidth); storeLane(c33, o3 + 3 * laneWidth)
+    }
   }
 
   /// `pvn{queries}x{vectors}`: query t's probabilities at `p + t·pQuery` (indexed by absolute key column j
-  /// and key row x as `[x·pRow + j·pStep]`), its key columns `a_t ..< e_t`, its outputs at `o + t·oStride`.
+  /// and key row x as `[x·pRow + j·pStep]`), its key columns `a_t ..< e_t`, its outputs at `o + t·oStride`;
+  /// with `direct`, query t's sums start at zero and are stored times `scale[t]`.
   @inline(__always)
   static func pvn(queries: Int, vectors: Int, p: UnsafePointer<Float>, pQuery: Int, pStep: Int, pRow: Int,
                   v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int, a0: Int, e0: Int, a1: Int, e1: Int,
                   a2: Int, e2: Int, a3: Int, e3: Int,
-                  o: UnsafeMutablePointer<Float>, oStride: Int, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
+                  o: UnsafeMutablePointer<Float>, oStride: Int, direct: Bool, scale: UnsafePointer<Float>,
+                  pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     switch (queries, vectors) {
-    case (1, 1): pvn1x1(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride, pf: pf, pfLast: pfLast)
-    case (1, 2): pvn1x2(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride, pf: pf, pfLast: pfLast)
-    case (1, 3): pvn1x3(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride, pf: pf, pfLast: pfLast)
-    case (1, 4): pvn1x4(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride, pf: pf, pfLast: pfLast)
-    case (2, 1): pvn2x1(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride, pf: pf, pfLast: pfLast)
-    case (2, 2): pvn2x2(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride, pf: pf, pfLast: pfLast)
-    case (2, 3): pvn2x3(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride, pf: pf, pfLast: pfLast)
-    case (2, 4): pvn2x4(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride, pf: pf, pfLast: pfLast)
-    case (3, 1): pvn3x1(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, pfLast: pfLast)
-    case (3, 2): pvn3x2(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, pfLast: pfLast)
-    case (3, 3): pvn3x3(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, pfLast: pfLast)
-    case (3, 4): pvn3x4(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, pf: pf, pfLast: pfLast)
-    case (4, 1): pvn4x1(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride, pf: pf, pfLast: pfLast)
-    case (4, 2): pvn4x2(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride, pf: pf, pfLast: pfLast)
-    case (4, 3): pvn4x3(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride, pf: pf, pfLast: pfLast)
-    case (4, 4): pvn4x4(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride, pf: pf, pfLast: pfLast)
+    case (1, 1): pvn1x1(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride,
+                      direct: direct, s0: scale[0], pf: pf, pfLast: pfLast)
+    case (1, 2): pvn1x2(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride,
+                      direct: direct, s0: scale[0], pf: pf, pfLast: pfLast)
+    case (1, 3): pvn1x3(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride,
+                      direct: direct, s0: scale[0], pf: pf, pfLast: pfLast)
+    case (1, 4): pvn1x4(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride,
+                      direct: direct, s0: scale[0], pf: pf, pfLast: pfLast)
+    case (2, 1): pvn2x1(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride,
+                      direct: direct, s0: scale[0], s1: scale[1], pf: pf, pfLast: pfLast)
+    case (2, 2): pvn2x2(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride,
+                      direct: direct, s0: scale[0], s1: scale[1], pf: pf, pfLast: pfLast)
+    case (2, 3): pvn2x3(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride,
+                      direct: direct, s0: scale[0], s1: scale[1], pf: pf, pfLast: pfLast)
+    case (2, 4): pvn2x4(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride,
+                      direct: direct, s0: scale[0], s1: scale[1], pf: pf, pfLast: pfLast)
+    case (3, 1): pvn3x1(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride,
+                      direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], pf: pf, pfLast: pfLast)
+    case (3, 2): pvn3x2(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride,
+                      direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], pf: pf, pfLast: pfLast)
+    case (3, 3): pvn3x3(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride,
+                      direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], pf: pf, pfLast: pfLast)
+    case (3, 4): pvn3x4(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride,
+                      direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], pf: pf, pfLast: pfLast)
+    case (4, 1): pvn4x1(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride,
+                      direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], s3: scale[3], pf: pf, pfLast: pfLast)
+    case (4, 2): pvn4x2(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride,
+                      direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], s3: scale[3], pf: pf, pfLast: pfLast)
+    case (4, 3): pvn4x3(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride,
+                      direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], s3: scale[3], pf: pf, pfLast: pfLast)
+    case (4, 4): pvn4x4(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride,
+                      direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], s3: scale[3], pf: pf, pfLast: pfLast)
     default: preconditionFailure("no natural neighborhood tile \(queries)x\(vectors)")
     }
   }

@@ -155,6 +155,20 @@ struct NeighborhoodAttentionTests {
     }
   }
 
+  /// When one softmax chunk holds a tile's whole windows (2-D grids with windows up to ~100 keys
+  /// wide on the lane axis, Dv a whole number of lane vectors), the value step writes O straight
+  /// to the output rows, scaled by 1/l, instead of through the Oᵀ scratch. Covered on awkward
+  /// shapes: partial last lane vectors (45, 33, 29 columns), Dv of 128 (two blocks of four channel
+  /// vectors) and 48, grouped heads, bshd (another output row step), dilation on the lane axis
+  /// (every other output row), causal axes, softcap and bias; and 2-D windows too wide for one
+  /// chunk (a 40-wide window: several chunks per tile, the path through the scratch).
+  @Test func singleChunkWritesOutputDirectly() throws {
+    try check(Case(grid: [19, 45], kernel: [7], hq: 2, hkv: 2, d: 64, dv: 128))
+    try check(Case(grid: [11, 33], kernel: [5, 3], b: 2, hq: 3, hkv: 1, d: 24, dv: 48, layout: .bshd))
+    try check(Case(grid: [14, 29], kernel: [3, 5], dilation: [2, 2], causal: [true, false], hq: 2, d: 16, dv: 16, softcap: 3, rpb: true))
+    try check(Case(grid: [12, 90], kernel: [5, 40], causal: [false, true], hq: 1, d: 16, dv: 32))
+  }
+
   @Test func softcapAndRelativePositionBias() throws {
     try check(Case(grid: [14, 15], kernel: [5], softcap: 3))
     try check(Case(grid: [14, 15], kernel: [5, 4], rpb: true))
