@@ -41,11 +41,6 @@ func causalAttentionFloat64(_ q: Tensor, _ k: Tensor, _ v: Tensor) -> [Double] {
 /// 1e-4 (quantized products of 96 terms in Float32, as `ModelForwardTests`).
 @Suite(.serialized)
 struct AttentionTraceTests {
-  func tokens(_ n: Int, vocab: Int, seed: UInt64) -> [Int] {
-    var rng = SeededGenerator(seed: seed)
-    return (0..<n).map { _ in Int(rng.next() % UInt64(vocab)) }
-  }
-
   @Test func recordedAttentionReproducesTheLayerOutput() throws {
     let seed = testSeed(61)
     let (tiny, url, dir) = try writeTinyModel(seed: seed)

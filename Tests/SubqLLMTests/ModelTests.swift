@@ -15,11 +15,6 @@ import Testing
 struct ModelForwardTests {
   static let tolerance = 1e-4
 
-  func tokens(_ n: Int, vocab: Int, seed: UInt64) -> [Int] {
-    var rng = SeededGenerator(seed: seed)
-    return (0..<n).map { _ in Int(rng.next() % UInt64(vocab)) }
-  }
-
   @Test(arguments: ["flash", "naive"])
   func prefillLogitsMatchFloat64(method: String) throws {
     let seed = testSeed(11)

@@ -194,6 +194,12 @@ func relativeError(_ a: [[Float]], _ b: [[Double]]) -> Double {
 }
 
 /// A fresh tiny model file; the caller removes the directory.
+/// `n` token ids drawn uniformly from `0..<vocab`, reproducibly for `seed`.
+func tokens(_ n: Int, vocab: Int, seed: UInt64) -> [Int] {
+  var rng = SeededGenerator(seed: seed)
+  return (0..<n).map { _ in Int(rng.next() % UInt64(vocab)) }
+}
+
 func writeTinyModel(_ configure: (inout TinyModel) -> Void = { _ in }, seed: UInt64) throws -> (TinyModel, URL, URL) {
   var m = TinyModel()
   configure(&m)
