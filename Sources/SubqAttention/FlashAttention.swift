@@ -10,9 +10,9 @@ import SubqKernels
 ///     O[s,h] = softmax_rows(S) · V[s,g]
 ///
 /// The queries are cut into blocks of `block-q` rows (the outer loop, parallel over sequence ×
-/// head × query block on all cores, heaviest blocks first); each query block walks the key/value
-/// blocks of `block-k` rows that it can see (the inner loop), keeping a running row maximum and
-/// row sum, rescaling its accumulator once per key block and normalizing once at the end
+/// head × query block on all cores, head by head and heaviest blocks first within a head); each
+/// query block walks the key/value blocks of `block-k` rows that it can see (the inner loop),
+/// keeping a running row maximum and row sum, rescaling its accumulator once per key block and normalizing once at the end
 /// (FlashAttention-2, Dao 2023, §3.1). Scores never leave a `block-q × block-k` tile, so extra
 /// memory is O(threads · block-q · (D + Dv + block-k)) plus the log-sum-exp: no N×N matrix.
 ///
@@ -171,26 +171,30 @@ struct FlashPlan: Sendable {
     return lo < hi ? lo..<hi : lo..<lo
   }
 
-  /// Every (sequence, head, query block), heaviest first so the dynamic schedule ends balanced.
+  /// Every (sequence, head, query block): head by head, and within a head heaviest first.
+  ///
+  /// Consecutive items share a head, so the workers running them at the same time read the same
+  /// keys and values: what one core brings into the shared cache the other finds there. (Sorting
+  /// all items by cost instead interleaves the heads; with causal masking at N = 8192, D = 128 two
+  /// threads then ran at 0.70 of the non-causal time instead of about half.) Heaviest first within
+  /// each head keeps the schedule's tail light, so the dynamic schedule still ends balanced.
   func workItems() -> [FlashWorkItem] {
-    var items: [(cost: Int, item: FlashWorkItem)] = []
-    // Consecutive items share a head, so its keys and values stay in the worker's cache.
+    var items: [FlashWorkItem] = []
     for (si, seq) in p.sequences.enumerated() where seq.queryCount > 0 {
       for h in 0..<p.queryHeads {
+        var group: [(cost: Int, item: FlashWorkItem)] = []
         for i0 in stride(from: 0, to: seq.queryCount, by: blockQ) {
           let cost = keyRange(seq, i0, min(i0 + blockQ, seq.queryCount)).count + 1
-          items.append((cost, FlashWorkItem(sequence: Int32(si), head: Int32(h), firstQuery: Int32(i0))))
+          group.append((cost, FlashWorkItem(sequence: Int32(si), head: Int32(h), firstQuery: Int32(i0))))
         }
+        // A stable sort keeps the query order within equal costs.
+        group = group.enumerated().sorted { a, b in
+          a.element.cost != b.element.cost ? a.element.cost > b.element.cost : a.offset < b.offset
+        }.map(\.element)
+        items += group.map(\.item)
       }
     }
-    // Heaviest first (a stable sort keeps the head order within equal costs).
-    let uniform = items.allSatisfy { $0.cost == items.first?.cost }
-    if !uniform {
-      items = items.enumerated().sorted { a, b in
-        a.element.cost != b.element.cost ? a.element.cost > b.element.cost : a.offset < b.offset
-      }.map(\.element)
-    }
-    return items.map(\.item)
+    return items
   }
 
   // Unit conversions: scores are kept in log2 units.
