@@ -173,7 +173,7 @@ package struct FlashBackwardPlan: Sendable {
   package let items: [BackwardItem]
   /// The items of (sequence s, key/value head g) at index s·Hkv + g, in chunk order.
   let itemRanges: [Range<Int>]
-  /// Items heaviest first.
+  /// Item indices: (sequence, key/value head) by (sequence, key/value head), heaviest first within each.
   let itemOrder: [Int]
   /// Visible key range of each sequence (the union over its queries).
   let keySpans: [Range<Int>]
@@ -281,7 +281,10 @@ package struct FlashBackwardPlan: Sendable {
     chunks = maxChunk
     items = list
     itemRanges = ranges
-    itemOrder = list.indices.sorted { a, b in list[a].cost != list[b].cost ? list[a].cost > list[b].cost : a < b }
+    // Head by head, heaviest first within a head: the workers running side by side then read the
+    // same Q, dO and statistics, which one core brings into the shared cache for the other.
+    // (Sorting all items by cost interleaves the heads, whose equal chunks cost the same.)
+    itemOrder = ranges.flatMap { r in r.sorted { a, b in list[a].cost != list[b].cost ? list[a].cost > list[b].cost : a < b } }
   }
 
   /// Query blocks (of `blockQ`, from the sequence's first query) that see some key in `j0..<j1`.
