@@ -7,7 +7,10 @@ import Subquadratic
 ///
 /// 1. Neighborhood attention on a 2-D grid against flash on the same inputs: GFLOP/s counting only
 ///    the attended pairs (4·D per pair for D = Dv) next to flash's GFLOP/s over all pairs, and
-///    their ratio.
+///    their ratio. The two are timed in alternating rounds (one flash run, then `repeats`
+///    neighborhood runs) and the ratio is the median of the rounds' ratios: on a shared machine
+///    whose speed drifts by tens of percent within seconds, a ratio of two measurements taken
+///    seconds apart measures the drift as much as the methods.
 /// 2. Time of neighborhood (2-D square grid, or `N/128 × 128`), sinks and Combiner (fixed, axial,
 ///    logsparse) at each length, and the growth factor from one length to the next, to show how
 ///    each scales in N.
@@ -33,8 +36,11 @@ public struct SparseBench {
     public var grid: [Int], kernel: Int, n: Int
     public var neighborhoodSeconds: Double, neighborhoodGflops: Double
     public var flashSeconds: Double, flashGflops: Double
-    /// neighborhood GFLOP/s (attended pairs) ÷ flash GFLOP/s (all pairs).
+    /// Median over the rounds of neighborhood GFLOP/s (attended pairs) ÷ flash GFLOP/s (all
+    /// pairs), each round's flash run against the median of its neighborhood runs.
     public var ratio: Double
+    /// Each round's ratio, in run order.
+    public var roundRatios: [Double]
     public var checkError: Double
   }
 
@@ -78,21 +84,29 @@ public struct SparseBench {
     return relativeError(got, ref.flatMap { $0 })
   }
 
-  /// Part 1: neighborhood 2-D against flash.
+  /// Part 1: neighborhood 2-D against flash, in `flashRepeats` alternating rounds.
   public func compare() throws(SubqError) -> Comparison {
     let n = config.grid.reduce(1, *)
     let d = data(n)
     let o = AttentionOptions(threads: config.threads)
     let na = try NeighborhoodAttention(grid: config.grid, kernel: [config.kernel])
+    let flash = try FlashAttention()
     let err = try check(na, d, o)
     let pairs = try na.attendedPairs(queries: d.queries, keys: d.keys, values: d.values, options: o)
-    let tn = try time(na, d, o, repeats: config.repeats)
-    let tf = try time(try FlashAttention(), d, o, repeats: config.flashRepeats)
     let p = try AttentionProblem.validate(op: "bench", queries: d.queries, keys: d.keys, values: d.values, options: o)
-    let gn = pairs * Double(4 * config.dim) / tn.median / 1e9
-    let gf = p.flops / tf.median / 1e9
-    return Comparison(grid: config.grid, kernel: config.kernel, n: n, neighborhoodSeconds: tn.median, neighborhoodGflops: gn,
-                      flashSeconds: tf.median, flashGflops: gf, ratio: gn / gf, checkError: err)
+    var nSamples: [Double] = [], fSamples: [Double] = [], ratios: [Double] = []
+    for _ in 0..<max(1, config.flashRepeats) {
+      let tf = try time(flash, d, o, repeats: 1)
+      let tn = try time(na, d, o, repeats: config.repeats)
+      fSamples += tf.samples
+      nSamples += tn.samples
+      ratios.append((pairs * Double(4 * config.dim) / tn.median) / (p.flops / tf.median))
+    }
+    let tn = Timing(samples: nSamples), tf = Timing(samples: fSamples)
+    return Comparison(grid: config.grid, kernel: config.kernel, n: n, neighborhoodSeconds: tn.median,
+                      neighborhoodGflops: pairs * Double(4 * config.dim) / tn.median / 1e9,
+                      flashSeconds: tf.median, flashGflops: p.flops / tf.median / 1e9,
+                      ratio: Timing(samples: ratios).median, roundRatios: ratios, checkError: err)
   }
 
   /// The 2-D grid used for neighborhood attention at length n: square when n is a square, else

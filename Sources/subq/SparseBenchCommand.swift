@@ -12,6 +12,9 @@ struct SparseBenchCommand: ParsableCommand {
     discussion: """
       Part 1 runs neighborhood attention on a --grid with a --kernel window and flash on the same inputs; \
       neighborhood's GFLOP/s count only the attended pairs (4·D FLOPs each), flash's count every pair. \
+      They alternate in --flash-repeat rounds (one flash run, then --repeat neighborhood runs), and the \
+      reported share is the median of the rounds' shares, so a machine that drifts in speed between \
+      the two measurements skews it less. \
       Part 2 times each method at every --n (neighborhood on a square grid, or N/128 × 128) and prints the \
       growth factor from one length to the next (4.0 for linear scaling when lengths grow 4×). \
       Pattern methods are checked against the Float64 reference over their own keys before timing.
@@ -25,7 +28,8 @@ struct SparseBenchCommand: ParsableCommand {
   @Option(help: "Attention sinks S.") var sinks = 4
   @Option(help: "Sinks recent window W.") var window = 1024
   @Option(help: "Timed runs per measurement.") var `repeat` = 3
-  @Option(name: .customLong("flash-repeat"), help: "Timed flash runs (each is slow).") var flashRepeat = 1
+  @Option(name: .customLong("flash-repeat"), help: "Rounds of the flash comparison: one timed flash run (slow) and --repeat neighborhood runs each.")
+  var flashRepeat = 1
   @Option(help: "Worker threads (default: all cores).") var threads: Int?
   @Flag(name: .customLong("skip-flash"), help: "Only the scaling part.") var skipFlash = false
   @Flag(help: "Print JSON instead of tables.") var json = false
@@ -72,7 +76,9 @@ struct SparseBenchCommand: ParsableCommand {
                String(format: "%.1e", r.checkError)])
         t.add(["flash", formatSeconds(r.flashSeconds), String(format: "%.1f", r.flashGflops), "all", "—"])
         print(t.render())
-        print(String(format: "neighborhood runs at %.0f%% of flash's GFLOP/s", r.ratio * 100))
+        let rounds = r.roundRatios.map { String(format: "%.0f%%", $0 * 100) }.joined(separator: ", ")
+        print(String(format: "neighborhood runs at %.0f%% of flash's GFLOP/s", r.ratio * 100)
+          + (r.roundRatios.count > 1 ? " (median of \(r.roundRatios.count) alternating rounds: \(rounds))" : ""))
       }
     }
     let rows = try bench.scaling { row in
