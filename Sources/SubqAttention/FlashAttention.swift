@@ -12,8 +12,8 @@ import SubqKernels
 /// The queries are cut into blocks of `block-q` rows (the outer loop, parallel over sequence ×
 /// head × query block on all cores, head by head and heaviest blocks first within a head); each
 /// query block walks the key/value blocks of `block-k` rows that it can see (the inner loop),
-/// keeping a running row maximum and row sum, rescaling its accumulator once per key block and normalizing once at the end
-/// (FlashAttention-2, Dao 2023, §3.1). Scores never leave a `block-q × block-k` tile, so extra
+/// keeping a running row maximum and row sum, rescaling its accumulator once per key block and
+/// normalizing once at the end (FlashAttention-2, Dao 2023, §3.1). Scores never leave a `block-q × block-k` tile, so extra
 /// memory is O(threads · block-q · (D + Dv + block-k)) plus the log-sum-exp: no N×N matrix.
 ///
 /// Key blocks that no query of the block can see are skipped (causal attention costs about half
