@@ -139,7 +139,7 @@ let package = Package(
     /// RetrievalAttention (with its inner-product graph index).
     .target(name: "SubqKVSelection", dependencies: ["SubqCore", "SubqKernels", "SubqAttention", "SubqDecoding"], swiftSettings: compute),
     /// Local and structured sparse attention: neighborhood attention, attention sinks, Combiner.
-    .target(name: "SubqSparse", dependencies: ["SubqCore", "SubqKernels", "SubqAttention"], swiftSettings: compute),
+    .target(name: "SubqSparse", dependencies: ["SubqCore", "SubqCShims", "SubqKernels", "SubqAttention"], swiftSettings: compute),
 
     // MARK: - Tools
     /// Benchmark harness, machine limits and the comparison reports behind `subq`.

@@ -1,3 +1,4 @@
+import SubqCShims
 import SubqKernels
 
 /// In-register transposition of a `laneWidth × laneWidth` block, for moving data between
@@ -10,10 +11,8 @@ import SubqKernels
 /// comes out in natural order.
 enum LaneTranspose {
   #if SUBQ_AVX512
-  typealias Pair = SIMD32<Float>
   static let bits = 4
   #else
-  typealias Pair = SIMD16<Float>
   static let bits = 3
   #endif
 
@@ -24,14 +23,20 @@ enum LaneTranspose {
     return r
   }
 
-  #if SUBQ_AVX512
-  /// Exchanges `a`, `b` for the even and odd elements of their concatenation.
+  /// Exchanges `a`, `b` for the even and odd elements of their concatenation (two two-source
+  /// permutes, through SubqCShims: the standard library's `evenHalf`/`oddHalf` are calls).
   @inline(__always)
   static func evenOdd(_ a: inout Lane, _ b: inout Lane) {
-    let c = Pair(lowHalf: a, highHalf: b)
-    a = c.evenHalf
-    b = c.oddHalf
+    #if SUBQ_AVX512
+    let e = subq_even16(a, b), o = subq_odd16(a, b)
+    #else
+    let e = subq_even8(a, b), o = subq_odd8(a, b)
+    #endif
+    a = e
+    b = o
   }
+
+  #if SUBQ_AVX512
 
   /// `transpose` written out on sixteen locals, so the block stays in registers between stages.
   @inline(__always)
@@ -107,9 +112,10 @@ enum LaneTranspose {
     while b >= 0 {
       let step = 1 << b
       for i in 0..<laneWidth where i & step == 0 {
-        let c = Pair(lowHalf: m[i], highHalf: m[i + step])
-        m[i] = c.evenHalf
-        m[i + step] = c.oddHalf
+        var a = m[i], b = m[i + step]
+        evenOdd(&a, &b)
+        m[i] = a
+        m[i + step] = b
       }
       b -= 1
     }
