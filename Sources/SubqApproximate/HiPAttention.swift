@@ -198,11 +198,12 @@ struct HiPPlan: Sendable {
     // Qᵀ of the scoring queries [D][lanes], the score tile [6][lanes], the scored keys' maxima
     // and indices.
     let lanesS = ((m.blockQ + m.strideQ - 1) / m.strideQ + 2 * laneWidth - 1) / (2 * laneWidth) * (2 * laneWidth)
-    selectFloats = (p.headDim + 6) * lanesS + HiPPlan.scoreLanes * 2 + 6 * p.headDim
+    // Whole lines, so that the gather area after it (and the next worker's scratch) stays aligned.
+    selectFloats = Parallel.scratchStride(floats: (p.headDim + 6) * lanesS + HiPPlan.scoreLanes * 2 + 6 * p.headDim)
     let maxKeys = p.sequences.map(\.keyCount).max() ?? 0
     gatherRows = min(m.k, maxKeys)
     nodeCapacity = (m.branching + 1) * min(m.k / m.blockK, maxKeys)
-    scratchFloats = kernel.scratchFloats + selectFloats + gatherRows * (p.headDim + p.valueDim) + 64
+    scratchFloats = Parallel.scratchStride(floats: kernel.scratchFloats + selectFloats + gatherRows * (p.headDim + p.valueDim) + 64)
   }
 
   func regions(_ seq: AttentionSequence, block b: Int) -> HiPRegions {

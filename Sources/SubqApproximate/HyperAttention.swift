@@ -267,7 +267,7 @@ struct HyperPlan: Sendable {
     let maxKeys = p.sequences.map(\.keyCount).max() ?? 0
     let blockRows = min(m.blockSize, maxKeys)
     let kernel = SubsetKernel(headDim: D, valueDim: Dv, rows: HyperAttention.queryBlock)
-    let scratchFloats = kernel.scratchFloats + (blockRows + m.sampleSize) * (D + Dv) + 64
+    let scratchFloats = Parallel.scratchStride(floats: kernel.scratchFloats + (blockRows + m.sampleSize) * (D + Dv) + 64)
     let blocksPerItem = HyperPlan.blocksPerItem
     let workers = threads
     let scratch = AlignedBuffer<Float>(count: workers * scratchFloats)

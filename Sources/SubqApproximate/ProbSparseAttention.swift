@@ -174,7 +174,7 @@ struct ProbSparsePlan: Sendable {
     let D = p.headDim
     let G = ProbSparsePlan.groupSize, R = ProbSparsePlan.sampleRows
     let lanes = G / laneWidth, TV = tileVectors
-    let scratchFloats = D * G + 6 * G + 2 * G + R * D + 64
+    let scratchFloats = Parallel.scratchStride(floats: D * G + 6 * G + 2 * G + R * D + 64)
     let workers = Parallel.workers(for: work.count, threads: p.threads)
     let scratch = AlignedBuffer<Float>(count: workers * scratchFloats)
     let sp = SendablePointer(scratch.pointer)

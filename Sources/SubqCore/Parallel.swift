@@ -38,6 +38,13 @@ public enum Parallel {
   }
 
   /// Number of workers `forEach` uses for `count` items.
+  /// `floats` rounded up to whole 64-byte lines (16 floats): the stride between per-worker
+  /// scratch areas carved from one ``AlignedBuffer``. Kernels bind parts of their area to `Lane`,
+  /// whose loads the compiler may emit in forms that require 16- or 64-byte alignment (a masked
+  /// `vmovaps` faults on a misaligned address), so every worker's area must start as aligned as
+  /// the buffer — a stride that is not a multiple of 16 floats breaks that for worker 1 onwards.
+  @inlinable public static func scratchStride(floats: Int) -> Int { (floats + 15) / 16 * 16 }
+
   public static func workers(for count: Int, threads: Int = Parallel.defaultThreads) -> Int {
     Swift.max(1, Swift.min(threads, count))
   }
