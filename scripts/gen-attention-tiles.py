@@ -83,7 +83,7 @@ def qkexp(nv):
         return xs[0]
     L.append(f"    let excess = {tree([f'm{v} - s{v}' for v in range(nv)])}")
     L.append("    // NaN scores compare false and pass through to the numerators; −∞ shifts give +∞ excess.")
-    L.append("    if any(excess .> h) {")
+    L.append("    if anyGreater(excess, h) {")
     for r in range(MR):
         L.append("      " + "; ".join(f"st[{r}*stStride + {v}] = {acc(r,v)}" for v in range(nv)))
     L.append("      " + "; ".join(f"tileMax[{v}] = m{v}" for v in range(nv)))

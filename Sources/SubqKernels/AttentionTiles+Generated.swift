@@ -95,7 +95,7 @@ extension AttentionTiles {
     let s3 = shift[3]
     let excess = vmax(vmax(m0 - s0, m1 - s1), vmax(m2 - s2, m3 - s3))
     // NaN scores compare false and pass through to the numerators; −∞ shifts give +∞ excess.
-    if any(excess .> h) {
+    if anyGreater(excess, h) {
       st[0*stStride + 0] = a00; st[0*stStride + 1] = a01; st[0*stStride + 2] = a02; st[0*stStride + 3] = a03
       st[1*stStride + 0] = a10; st[1*stStride + 1] = a11; st[1*stStride + 2] = a12; st[1*stStride + 3] = a13
       st[2*stStride + 0] = a20; st[2*stStride + 1] = a21; st[2*stStride + 2] = a22; st[2*stStride + 3] = a23
@@ -274,7 +274,7 @@ extension AttentionTiles {
     let s1 = shift[1]
     let excess = vmax(m0 - s0, m1 - s1)
     // NaN scores compare false and pass through to the numerators; −∞ shifts give +∞ excess.
-    if any(excess .> h) {
+    if anyGreater(excess, h) {
       st[0*stStride + 0] = a00; st[0*stStride + 1] = a01
       st[1*stStride + 0] = a10; st[1*stStride + 1] = a11
       st[2*stStride + 0] = a20; st[2*stStride + 1] = a21

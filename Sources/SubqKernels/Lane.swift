@@ -6,6 +6,8 @@
 // register-blocked tiles are sized to the register file of each: 6×4 vectors of 16 on AVX-512,
 // 6×2 vectors of 8 elsewhere.
 
+import SubqCShims
+
 #if SUBQ_AVX512
 /// The SIMD vector kernels compute in.
 public typealias Lane = SIMD16<Float>
@@ -55,6 +57,17 @@ package func vmax(_ a: Lane, _ b: Lane) -> Lane { a.replacing(with: b, where: a 
 /// Lane-wise minimum.
 @inlinable @inline(__always)
 package func vmin(_ a: Lane, _ b: Lane) -> Lane { a.replacing(with: b, where: b .< a) }
+
+/// Whether some lane of `a` is greater than the same lane of `b` (a NaN lane never is): `any(a .> b)`
+/// as one compare and a mask test (the standard library's `any` can stay a call on 8-lane vectors).
+@inlinable @inline(__always)
+package func anyGreater(_ a: Lane, _ b: Lane) -> Bool {
+  #if SUBQ_AVX512
+  subq_any_greater16(a, b) != 0
+  #else
+  subq_any_greater8(a, b) != 0
+  #endif
+}
 
 /// Sum of the lanes, as a balanced tree (`.sum()` is a serial chain).
 @inlinable @inline(__always)

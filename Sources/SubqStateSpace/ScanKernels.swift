@@ -85,7 +85,10 @@ func logLane(_ x: Lane) -> Lane {
   p = fmadd(Lane(repeating: 2.0 / 5), p, s2)
   p = fmadd(Lane(repeating: 2.0 / 3), p, s2)
   p = fmadd(Lane(repeating: 2), p, s2)
-  return fmadd(s * p, Lane(k), Lane(repeating: ln2))
+  // k ∈ [−127, 128] as a float: 1.5·2²³ + k has k in its low mantissa bits. (`Lane(k)` stays an
+  // out-of-line call on AVX-512 builds.)
+  let kf = unsafeBitCast(k &+ LaneInt(repeating: 0x4B40_0000), to: Lane.self) - Lane(repeating: 12_582_912)
+  return fmadd(s * p, kf, Lane(repeating: ln2))
 }
 
 /// softplus(x) = log(1 + eˣ) lane-wise, and x itself above 20 (PyTorch's and mamba's CUDA

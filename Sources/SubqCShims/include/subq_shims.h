@@ -34,6 +34,16 @@ static inline __attribute__((always_inline)) subq_float16 subq_load_half16(const
   return __builtin_convertvector(h, subq_float16);
 }
 
+/// Whether some lane of `a` is greater than the same lane of `b` (NaN lanes are not): one compare
+/// and a mask test. Swift's `any(a .> b)` on 8-lane vectors calls `SIMD8<Int32>.min()` out of line
+/// inside the flash score tile on AVX2 builds.
+static inline __attribute__((always_inline)) int subq_any_greater16(subq_float16 a, subq_float16 b) {
+  return __builtin_reduce_or(a > b) != 0;
+}
+static inline __attribute__((always_inline)) int subq_any_greater8(subq_float8 a, subq_float8 b) {
+  return __builtin_reduce_or(a > b) != 0;
+}
+
 /// The even (odd) elements of the concatenation a ++ b: one two-source permute (`vpermt2ps` on
 /// AVX-512; `uzp1`/`uzp2` pairs on arm64). Swift's `SIMD32.evenHalf`/`oddHalf` (and `SIMD16`'s)
 /// stay out of line in optimized kernels: a call per use, with the pair stored to memory and
