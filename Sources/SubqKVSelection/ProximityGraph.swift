@@ -765,7 +765,7 @@ extension ProximityGraph {
     let workers = Parallel.workers(for: blocks, threads: threads)
     // Per worker: Qᵀ [D][TV lanes], Sᵀ [6][TV lanes], thresholds [TV lanes], a Float32 run of keys.
     let qtFloats = D * W, stFloats = tileRows * W, runFloats = (runMax + tileRows) * D
-    let per = qtFloats + stFloats + W + runFloats + 64
+    let per = Parallel.scratchStride(floats: qtFloats + stFloats + W + runFloats + 64)
     let scratch = AlignedBuffer<Float>(count: workers * per)
     let sp = SendablePointer(scratch.pointer), qp = SendablePointer(queries)
     out.withUnsafeMutableBufferPointer { ob in
