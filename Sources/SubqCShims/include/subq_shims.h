@@ -45,9 +45,10 @@ static inline __attribute__((always_inline)) int subq_any_greater8(subq_float8 a
 }
 
 /// The even (odd) elements of the concatenation a ++ b: one two-source permute (`vpermt2ps` on
-/// AVX-512; `uzp1`/`uzp2` pairs on arm64). Swift's `SIMD32.evenHalf`/`oddHalf` (and `SIMD16`'s)
+/// AVX-512; `uzp1`/`uzp2` pairs on arm64). On AVX-512 builds Swift's `SIMD32.evenHalf`/`oddHalf`
 /// stay out of line in optimized kernels: a call per use, with the pair stored to memory and
-/// reloaded (they took 13% of the neighborhood kernel's time in its register transposes).
+/// reloaded (they took 13% of the neighborhood kernel's time in its register transposes). The
+/// 8-lane versions keep the AVX2/arm64 transposes on the same code path.
 static inline __attribute__((always_inline)) subq_float16 subq_even16(subq_float16 a, subq_float16 b) {
   return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
 }
