@@ -36,20 +36,6 @@ enum LaneTranspose {
     b = o
   }
 
-  #if SUBQ_AVX512
-
-  /// `transpose` written out on sixteen locals, so the block stays in registers between stages.
-  @inline(__always)
-  static func transposeUnrolled(_ m: UnsafeMutablePointer<Lane>) {
-    var r0 = m[0]; var r1 = m[1]; var r2 = m[2]; var r3 = m[3]; var r4 = m[4]; var r5 = m[5]; var r6 = m[6]; var r7 = m[7]; var r8 = m[8]; var r9 = m[9]; var r10 = m[10]; var r11 = m[11]; var r12 = m[12]; var r13 = m[13]; var r14 = m[14]; var r15 = m[15]
-    evenOdd(&r0, &r8); evenOdd(&r1, &r9); evenOdd(&r2, &r10); evenOdd(&r3, &r11); evenOdd(&r4, &r12); evenOdd(&r5, &r13); evenOdd(&r6, &r14); evenOdd(&r7, &r15)
-    evenOdd(&r0, &r4); evenOdd(&r1, &r5); evenOdd(&r2, &r6); evenOdd(&r3, &r7); evenOdd(&r8, &r12); evenOdd(&r9, &r13); evenOdd(&r10, &r14); evenOdd(&r11, &r15)
-    evenOdd(&r0, &r2); evenOdd(&r1, &r3); evenOdd(&r4, &r6); evenOdd(&r5, &r7); evenOdd(&r8, &r10); evenOdd(&r9, &r11); evenOdd(&r12, &r14); evenOdd(&r13, &r15)
-    evenOdd(&r0, &r1); evenOdd(&r2, &r3); evenOdd(&r4, &r5); evenOdd(&r6, &r7); evenOdd(&r8, &r9); evenOdd(&r10, &r11); evenOdd(&r12, &r13); evenOdd(&r14, &r15)
-    m[0] = r0; m[1] = r1; m[2] = r2; m[3] = r3; m[4] = r4; m[5] = r5; m[6] = r6; m[7] = r7; m[8] = r8; m[9] = r9; m[10] = r10; m[11] = r11; m[12] = r12; m[13] = r13; m[14] = r14; m[15] = r15
-  }
-  #endif
-
   /// Bit reversal of a lane index (folds to a constant for a constant index, unlike a lookup in
   /// ``reversed``).
   @inline(__always)
@@ -106,7 +92,8 @@ enum LaneTranspose {
   @inline(__always)
   static func transpose(_ m: UnsafeMutablePointer<Lane>) {
     #if SUBQ_AVX512
-    transposeUnrolled(m)
+    // The register network above, reading and writing the block in place.
+    transpose(load: { m[$0] }, store: { m[$0] = $1 })
     #else
     var b = bits - 1
     while b >= 0 {

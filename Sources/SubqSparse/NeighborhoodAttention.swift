@@ -938,10 +938,7 @@ struct NeighborhoodPlan: Sendable {
               let stF = UnsafeMutableRawPointer(st).assumingMemoryBound(to: Float.self)
               let vz = v + p.valueRows.offset(batch: b, head: g, row: position(s, z, 0, 0))
               if direct {
-                for r in 0..<R {
-                  let sums = lRun[r]
-                  invV[r] = Lane(repeating: 1).replacing(with: 0, where: sums .<= 0) / sums.replacing(with: 1, where: sums .<= 0)
-                }
+                for r in 0..<R { invV[r] = reciprocalOfSums(lRun[r]) }
               }
               let invF = UnsafeMutableRawPointer(invV).assumingMemoryBound(to: Float.self)
               var l = 0
@@ -1014,7 +1011,7 @@ struct NeighborhoodPlan: Sendable {
     let mF = UnsafeMutableRawPointer(mRun).assumingMemoryBound(to: Float.self)
     for r in 0..<R {
       let sums = lRun[r]
-      let inv = Lane(repeating: 1).replacing(with: 0, where: sums .<= 0) / sums.replacing(with: 1, where: sums .<= 0)
+      let inv = reciprocalOfSums(sums)
       if naturalV && !direct {
         for l in 0..<real {
           let sum = lF[r * Lw + l]
@@ -1049,4 +1046,10 @@ struct NeighborhoodPlan: Sendable {
       }
     }
   }
+}
+
+/// 1/l per lane, and 0 where l ≤ 0 (a query that saw no key outputs 0).
+@inline(__always)
+private func reciprocalOfSums(_ l: Lane) -> Lane {
+  Lane(repeating: 1).replacing(with: 0, where: l .<= 0) / l.replacing(with: 1, where: l .<= 0)
 }
