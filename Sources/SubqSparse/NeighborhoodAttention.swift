@@ -738,10 +738,14 @@ struct NeighborhoodPlan: Sendable {
     for r in 0..<R {
       if real == Lw && D % Lw == 0 {
         // Whole lane vector and whole blocks: each 16×16 (8×8) block goes from the query rows to
-        // Qᵀ in registers, scaled on the way.
+        // Qᵀ in registers, then Qᵀ is scaled.
         let base = q + qr.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0))
         let step = ax2.dilation * qr.rowStride
-        check += LaneTranspose.transposeColumns(from: base, step: step, count: D) { d, e in qt[r * D + d] = e * scaleV }
+        // (Scaled in a second pass: with the multiply inside the store, LLVM merged it into the
+        // permute network and lowered each block to ~800 instructions of blends and broadcasts
+        // instead of 64 two-source permutes.)
+        check += LaneTranspose.transposeColumns(from: base, step: step, count: D) { d, e in qt[r * D + d] = e }
+        for d in 0..<D { qt[r * D + d] *= scaleV }
       } else if real == Lw {
         // Whole lane vector: 16×16 (8×8) blocks transposed in registers.
         // Each query row read front to back into the transpose area (see `pack`).
