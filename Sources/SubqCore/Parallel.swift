@@ -37,7 +37,50 @@ public enum Parallel {
     }
   }
 
-  /// Number of workers `forEach` uses for `count` items.
+  /// Runs `body(item, worker)` for every `item` in `0..<count` on up to `threads` workers, each
+  /// worker walking a contiguous run of items in order: worker w starts with the w-th of `workers`
+  /// equal runs, and a worker whose run is done takes the back half of the largest run left (work
+  /// stealing), and so on until no run has an item left. Returns when all items are done.
+  ///
+  /// For fine-grained items whose neighbours share data (consecutive bands of rows of one head):
+  /// a worker mostly runs consecutive items, so it can keep what an item loaded for the next one,
+  /// while the load still balances to within about one item at the end — ``forEach``'s shared
+  /// counter would hand consecutive items to different workers, and coarse items leave a worker
+  /// idle for up to a whole item when the other is slowed.
+  public static func forEachContiguous(
+    _ count: Int, threads: Int = Parallel.defaultThreads, _ body: @Sendable (_ item: Int, _ worker: Int) -> Void
+  ) {
+    let workers = Swift.max(1, Swift.min(threads, count))
+    if count <= 0 { return }
+    if workers == 1 {
+      for i in 0..<count { body(i, 0) }
+      return
+    }
+    // Run of worker w: items runs[w].0 ..< runs[w].1. Items are coarse enough (a band of rows)
+    // that one uncontended lock per item costs nothing measurable.
+    let runs = Mutex((0..<workers).map { w in (count * w / workers, count * (w + 1) / workers) })
+    DispatchQueue.concurrentPerform(iterations: workers) { worker in
+      while true {
+        let item: Int? = runs.withLock { r in
+          if r[worker].0 < r[worker].1 {
+            r[worker].0 += 1
+            return r[worker].0 - 1
+          }
+          // Own run done: take the back half (rounded up) of the largest run left.
+          var victim = -1, most = 0
+          for w in r.indices where r[w].1 - r[w].0 > most { victim = w; most = r[w].1 - r[w].0 }
+          if victim < 0 { return nil }
+          let middle = r[victim].0 + most / 2
+          r[worker] = (middle + 1, r[victim].1)
+          r[victim].1 = middle
+          return middle
+        }
+        guard let item else { return }
+        body(item, worker)
+      }
+    }
+  }
+
   /// `floats` rounded up to whole 64-byte lines (16 floats): the stride between per-worker
   /// scratch areas carved from one ``AlignedBuffer``. Kernels bind parts of their area to `Lane`,
   /// whose loads the compiler may emit in forms that require 16- or 64-byte alignment (a masked
@@ -45,6 +88,7 @@ public enum Parallel {
   /// the buffer — a stride that is not a multiple of 16 floats breaks that for worker 1 onwards.
   @inlinable public static func scratchStride(floats: Int) -> Int { (floats + 15) / 16 * 16 }
 
+  /// Number of workers `forEach` and `forEachContiguous` use for `count` items.
   public static func workers(for count: Int, threads: Int = Parallel.defaultThreads) -> Int {
     Swift.max(1, Swift.min(threads, count))
   }

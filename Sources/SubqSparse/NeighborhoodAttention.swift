@@ -33,9 +33,11 @@ import SubqKernels
 /// (``stripWidth(lastAxis:)``), so a packed row holds only its strip's columns plus the halo of up
 /// to k − 1 keys on each side that the strip's windows reach (exactly those keys, rounded out to
 /// whole vectors with zeros; keys outside the grid are never read): the working set is bounded
-/// whatever the grid width. Work items are (batch, head, sub-grid, plane, run of bands of grid
-/// rows, strip); each worker keeps the packed K/V rows of its current band in a small cache (in
-/// L2), and packs each key row (strip plus halo) about once per item. Memory traffic is hidden by prefetching
+/// whatever the grid width. A work item is one band of grid rows of a (batch, head, sub-grid,
+/// plane, strip); each worker runs a contiguous run of items in order, stealing the back half of
+/// another worker's run when its own is done (`Parallel.forEachContiguous`), and keeps the packed
+/// K/V rows of its current band in a small cache (in L2), so it packs each key row (strip plus
+/// halo) about once. Memory traffic is hidden by prefetching
 /// spread over the computation: every iteration of the register tiles' loops issues one L2
 /// prefetch from a per-tile list (the next tile's queries and output rows, and a share of the next
 /// band's new key rows) and L1 prefetches of the next packed row it will read. Q, K and V are
@@ -288,7 +290,8 @@ struct NeighborhoodSubgrid: Sendable {
 
 /// A unit of work: grid rows `c1Start ..< c1End` of plane `c0` of one sub-grid, columns
 /// `strip · stripWidth ..< min((strip + 1) · stripWidth, n₂)`, for one query head, processed in
-/// bands of `rowsPerTile` rows, each band one lane vector at a time.
+/// bands of `rowsPerTile` rows (the plan makes one item per band), each band one lane vector at a
+/// time.
 struct NeighborhoodItem: Sendable {
   var batch: Int32, head: Int32, subgrid: Int32, c0: Int32, c1Start: Int32, c1End: Int32, strip: Int32
 }
@@ -377,30 +380,24 @@ struct NeighborhoodPlan: Sendable {
     }
     subgrids = sgs
     tagRows = sgs.map { $0.n0 * $0.n1 }.max() ?? 1
-    // Split each (head, sub-grid, plane) into contiguous runs of bands: enough items to keep every
-    // thread busy, few enough that the halo rows repacked at run boundaries (and the first band of
-    // each item, which nothing prefetched) stay cheap. About four items per thread: with two per
-    // thread (4 heads, 2 threads: one item per head) one worker slowed by the host left the other
-    // idle for up to an item at the end; interleaved 2-thread runs (128×128, 7×7, 4 heads) were
-    // faster with 8 items than with 4 in 8 of 9 rounds, and slower again with 32.
-    let sw = stripWidth
-    let planes = sgs.reduce(0) { $0 + $1.n0 * (($1.n2 + sw - 1) / sw) }
-    let wanted = max(1, (4 * p.threads + p.batch * p.queryHeads * planes - 1) / (p.batch * p.queryHeads * planes))
+    // One item per band of rows, in stream order (batch, head, sub-grid, plane, strip, then
+    // bands top to bottom): `Parallel.forEachContiguous` gives each worker a contiguous run of
+    // bands, so it mostly computes a band right after the one above it, whose key rows are still
+    // in its row cache and which prefetched this band's new rows; work stealing then balances the
+    // end to within about a band. (Before: runs of bands handed out from a shared counter, about
+    // four per thread — interleaved two-thread runs with 128×128, 7×7, 4 heads were faster with
+    // 8 items than with 4 or 32 — left a worker idle for up to a whole run at the end, and each
+    // run started with a cold band whose rows nothing had prefetched.)
     var items: [NeighborhoodItem] = []
     for b in 0..<p.batch {
       for h in 0..<p.queryHeads {
         for (si, s) in sgs.enumerated() {
-          let bands = (s.n1 + R - 1) / R
-          let parts = max(1, min(wanted, bands / 4))
           let strips = (s.n2 + stripWidth - 1) / stripWidth
           for c0 in 0..<s.n0 {
-            for part in 0..<parts {
-              let a = bands * part / parts * R, z = min(s.n1, bands * (part + 1) / parts * R)
-              if a < z {
-                for strip in 0..<strips {
-                  items.append(NeighborhoodItem(batch: Int32(b), head: Int32(h), subgrid: Int32(si), c0: Int32(c0),
-                                                c1Start: Int32(a), c1End: Int32(z), strip: Int32(strip)))
-                }
+            for strip in 0..<strips {
+              for a in stride(from: 0, to: s.n1, by: R) {
+                items.append(NeighborhoodItem(batch: Int32(b), head: Int32(h), subgrid: Int32(si), c0: Int32(c0),
+                                              c1Start: Int32(a), c1End: Int32(min(s.n1, a + R)), strip: Int32(strip)))
               }
             }
           }
@@ -534,7 +531,7 @@ struct NeighborhoodPlan: Sendable {
     let qp = SendablePointer(q), kp = SendablePointer(k), vp = SendablePointer(v), op = SendablePointer(out)
     let lp = lse.map { SendablePointer($0) }
     let sp = SendablePointer(scratchPointer), tp = SendablePointer(tags.pointer)
-    Parallel.forEach(items.count, threads: workers) { item, worker in
+    Parallel.forEachContiguous(items.count, threads: workers) { item, worker in
       self.run(self.items[item], q: qp.pointer, k: kp.pointer, v: vp.pointer, out: op.pointer, lse: lp?.pointer,
                scratch: sp.pointer + worker * self.scratchFloats, tags: tp.pointer + worker * perWorker)
     }
@@ -664,9 +661,10 @@ struct NeighborhoodPlan: Sendable {
           }
         }
       }
-      // The next band's new key rows, prefetched a share per tile while this band computes.
+      // The next band's new key rows, prefetched a share per tile while this band computes (the
+      // next band of the plane: usually the same worker's next item).
       let next = c1 + R
-      let nextR = min(rowsPerTile, Int(it.c1End) - next)
+      let nextR = min(rowsPerTile, s.n1 - next)
       let newRows = nextR > 0
         ? max(xHi, ax1.windowStart(next, groupLength: s.n1))..<(ax1.windowStart(next + nextR - 1, groupLength: s.n1) + ax1.windowCount(next + nextR - 1))
         : 0..<0
