@@ -44,6 +44,43 @@ static inline __attribute__((always_inline)) int subq_any_greater8(subq_float8 a
   return __builtin_reduce_or(a > b) != 0;
 }
 
+/// Elements n ..< n + 16 of the concatenation a ++ b (a 16-float window starting n floats into
+/// `a`): one `valignd` on AVX-512. The neighborhood score tiles build the key vectors shifted by
+/// 1 … 15 columns from aligned loads with these instead of loading each shifted vector, which
+/// straddles two cache lines (such split loads cost a load port about 2.5 times an aligned load
+/// on this machine).
+#define SUBQ_ALIGN16(n) \
+  static inline __attribute__((always_inline)) subq_float16 subq_align16_##n(subq_float16 a, subq_float16 b) { \
+    return __builtin_shufflevector(a, b, n, n + 1, n + 2, n + 3, n + 4, n + 5, n + 6, n + 7, n + 8, n + 9, n + 10, \
+                                   n + 11, n + 12, n + 13, n + 14, n + 15); \
+  }
+SUBQ_ALIGN16(1)
+SUBQ_ALIGN16(2)
+SUBQ_ALIGN16(3)
+SUBQ_ALIGN16(4)
+SUBQ_ALIGN16(5)
+SUBQ_ALIGN16(6)
+SUBQ_ALIGN16(7)
+SUBQ_ALIGN16(8)
+SUBQ_ALIGN16(9)
+SUBQ_ALIGN16(10)
+SUBQ_ALIGN16(11)
+SUBQ_ALIGN16(12)
+SUBQ_ALIGN16(13)
+SUBQ_ALIGN16(14)
+SUBQ_ALIGN16(15)
+#undef SUBQ_ALIGN16
+
+#if defined(__AVX512F__)
+/// `v`, through an empty `asm` the optimizer cannot see into. Applied to loaded vectors before
+/// `subq_align16_n`: otherwise LLVM folds the shift of two adjacent aligned loads back into one
+/// load at the shifted address (a split load again).
+static inline __attribute__((always_inline)) subq_float16 subq_opaque16(subq_float16 v) {
+  __asm__("" : "+v"(v));
+  return v;
+}
+#endif
+
 /// The even (odd) elements of the concatenation a ++ b: one two-source permute (`vpermt2ps` on
 /// AVX-512; `uzp1`/`uzp2` pairs on arm64). On AVX-512 builds Swift's `SIMD32.evenHalf`/`oddHalf`
 /// stay out of line in optimized kernels: a call per use, with the pair stored to memory and
