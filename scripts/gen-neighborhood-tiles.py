@@ -158,7 +158,8 @@ def pvn(Q, NV):
     L.append("  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.")
     L.append("  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the")
     L.append("  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output")
-    L.append("  /// when this call covers query t's whole window (one softmax chunk).")
+    L.append("  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal")
+    L.append("  /// stores (`o_t` aligned to a lane vector; the caller fences).")
     L.append("  @inline(__always)")
     ps = ", ".join(f"_ p{t}: UnsafePointer<Float>" for t in range(Q))
     os_ = ", ".join(f"_ o{t}: UnsafeMutablePointer<Float>" for t in range(Q))
@@ -231,7 +232,7 @@ def pvn(Q, NV):
         L.append("    }")
     L.append("    if direct {")
     for t in range(Q):
-        L.append(f"      do {{ let s = Lane(repeating: s{t}); " + "; ".join(f"storeLane(c{t}{c} * s, o{t} + {c} * laneWidth)" for c in range(NV)) + " }")
+        L.append(f"      do {{ let s = Lane(repeating: s{t}); " + "; ".join(f"streamLane(c{t}{c} * s, o{t} + {c} * laneWidth)" for c in range(NV)) + " }")
     L.append("    } else {")
     for t in range(Q):
         L.append("      " + "; ".join(f"storeLane(c{t}{c}, o{t} + {c} * laneWidth)" for c in range(NV)))

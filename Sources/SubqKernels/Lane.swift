@@ -111,3 +111,19 @@ package func loadLane(_ p: UnsafePointer<Float>) -> Lane {
 package func storeLane(_ v: Lane, _ p: UnsafeMutablePointer<Float>) {
   UnsafeMutableRawPointer(p).storeBytes(of: v, as: Lane.self)
 }
+
+/// Stores a `Lane` to `p`, which must be aligned to `Lane`'s size, bypassing the caches
+/// (non-temporal store): for results written whole lines at a time and not read again by the
+/// kernel. The writer must call ``streamFence()`` before its results are read by another thread.
+@inlinable @inline(__always)
+package func streamLane(_ v: Lane, _ p: UnsafeMutablePointer<Float>) {
+  #if SUBQ_AVX512
+  subq_stream16(p, v)
+  #else
+  subq_stream8(p, v)
+  #endif
+}
+
+/// Orders every earlier ``streamLane(_:_:)`` before the stores that follow (`sfence`).
+@inlinable @inline(__always)
+package func streamFence() { subq_store_fence() }

@@ -22,9 +22,10 @@ import SubqKernels
 /// own key (column + o). Each (query, key) pair is computed once: there is no halo and no dense
 /// mask. Up to three neighboring grid rows share each key load (register tiles from
 /// `scripts/gen-neighborhood-tiles.py`). When Dv is a whole number of lane vectors (e.g. 64), V is
-/// not packed: the value step reads V rows as stored, two queries (lanes) at a time with their
-/// output channels in registers over every key row they see (each probability a broadcast lane of
-/// the score vectors), and writes O rows directly, so V and O need no transposition; otherwise V is
+/// not packed: the value step reads V rows as stored, four queries (lanes; two on AVX2 and NEON) at
+/// a time with their output channels in registers over every key row they see (each probability a
+/// broadcast lane of the score vectors), and writes O rows directly as whole cache lines with
+/// non-temporal stores (no read of the line first), so V and O need no transposition; otherwise V is
 /// packed transposed like K and O is transposed back. Border lanes, whose windows are shifted, are handled by
 /// widening the offset range of their vector and masking per lane; interior chunks without softcap
 /// or bias skip the masking pass. Softmax is online over chunks of at most ~512 keys per query (one
@@ -39,7 +40,8 @@ import SubqKernels
 /// K/V rows of its current band in a small cache (in L2), so it packs each key row (strip plus
 /// halo) about once. Memory traffic is hidden by prefetching
 /// spread over the computation: every iteration of the register tiles' loops issues one L2
-/// prefetch from a per-tile list (the next tile's queries and output rows, and a share of the next
+/// prefetch from a per-tile list (the next tile's queries — and output rows when O is transposed
+/// back — and a share of the next
 /// band's new key rows) and L1 prefetches of the next packed row it will read. Q, K and V are
 /// checked for NaN/±∞ as they are packed (raising the same error as the up-front check, without a
 /// separate pass).
@@ -673,7 +675,8 @@ struct NeighborhoodPlan: Sendable {
       for i0 in stride(from: cs, to: ce, by: laneWidth) {
         // Queue the cache lines this band's next tile (or the next band's first) reads and
         // writes, and a share of the next band's new key rows: the tiles issue one prefetch per
-        // loop iteration from this list, spread over the computation.
+        // loop iteration from this list, spread over the computation. (With V as stored, O rows
+        // are written whole with non-temporal stores: nothing to fetch for them.)
         let (pc1, pi0, pR) = i0 + laneWidth < ce ? (c1, i0 + laneWidth, R) : (next, cs, nextR)
         // Consecutive columns of a grid row are a fixed number of elements apart in every tensor,
         // so each run of columns is walked with pointer steps (this list is rebuilt per tile).
@@ -681,7 +684,7 @@ struct NeighborhoodPlan: Sendable {
         for r in 0..<max(0, pR) {
           let pos = position(s, c0, pc1 + r, pi0)
           queueLines(q + p.queryRows.offset(batch: b, head: h, row: pos), out + p.outputRows.offset(batch: b, head: h, row: pos),
-                     count: min(laneWidth, ce - pi0), stepA: qStep, widthA: p.headDim, stepB: oStep, widthB: p.valueDim,
+                     count: min(laneWidth, ce - pi0), stepA: qStep, widthA: p.headDim, stepB: oStep, widthB: naturalV ? 0 : p.valueDim,
                      pf: pf, n: &n)
         }
         if !newRows.isEmpty {
@@ -703,6 +706,8 @@ struct NeighborhoodPlan: Sendable {
       }
       c1 += R
     }
+    // The output rows written with non-temporal stores, ordered before the caller reads them.
+    if naturalV { streamFence() }
     // `check` sums what was read: NaN or ±∞ (so check − check is NaN) when an input was.
     let c = check - check
     if any(c .!= c) { tags[slotsZ * slotsX] = 1 }
@@ -1036,7 +1041,7 @@ struct NeighborhoodPlan: Sendable {
           let src = otF + (r * Lw + l) * Dv
           let dst = out + orows.offset(batch: b, head: h, row: position(s, c0, c1s + r, i0 + l))
           var c = 0
-          while c < Dv { storeLane(loadLane(src + c) * invL, dst + c); c += Lw }
+          while c < Dv { streamLane(loadLane(src + c) * invL, dst + c); c += Lw }
         }
       }
       var c0v = naturalV ? Dv : 0

@@ -897,7 +897,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn1x1(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -919,7 +920,7 @@ extension NeighborhoodTiles {
       }
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth)
     }
@@ -929,7 +930,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn1x2(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -951,7 +953,7 @@ extension NeighborhoodTiles {
       }
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth); streamLane(c01 * s, o0 + 1 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
     }
@@ -961,7 +963,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn1x3(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -983,7 +986,7 @@ extension NeighborhoodTiles {
       }
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth); streamLane(c01 * s, o0 + 1 * laneWidth); streamLane(c02 * s, o0 + 2 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
     }
@@ -993,7 +996,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn1x4(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1015,7 +1019,7 @@ extension NeighborhoodTiles {
       }
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth); storeLane(c03 * s, o0 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth); streamLane(c01 * s, o0 + 1 * laneWidth); streamLane(c02 * s, o0 + 2 * laneWidth); streamLane(c03 * s, o0 + 3 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
     }
@@ -1025,7 +1029,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn2x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1079,8 +1084,8 @@ extension NeighborhoodTiles {
       }
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth) }
-      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s1); streamLane(c10 * s, o1 + 0 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth)
       storeLane(c10, o1 + 0 * laneWidth)
@@ -1091,7 +1096,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn2x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1145,8 +1151,8 @@ extension NeighborhoodTiles {
       }
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth) }
-      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth); streamLane(c01 * s, o0 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s1); streamLane(c10 * s, o1 + 0 * laneWidth); streamLane(c11 * s, o1 + 1 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
       storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth)
@@ -1157,7 +1163,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn2x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1211,8 +1218,8 @@ extension NeighborhoodTiles {
       }
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth) }
-      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth); storeLane(c12 * s, o1 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth); streamLane(c01 * s, o0 + 1 * laneWidth); streamLane(c02 * s, o0 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s1); streamLane(c10 * s, o1 + 0 * laneWidth); streamLane(c11 * s, o1 + 1 * laneWidth); streamLane(c12 * s, o1 + 2 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
       storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth)
@@ -1223,7 +1230,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn2x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1277,8 +1285,8 @@ extension NeighborhoodTiles {
       }
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth); storeLane(c03 * s, o0 + 3 * laneWidth) }
-      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth); storeLane(c12 * s, o1 + 2 * laneWidth); storeLane(c13 * s, o1 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth); streamLane(c01 * s, o0 + 1 * laneWidth); streamLane(c02 * s, o0 + 2 * laneWidth); streamLane(c03 * s, o0 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s1); streamLane(c10 * s, o1 + 0 * laneWidth); streamLane(c11 * s, o1 + 1 * laneWidth); streamLane(c12 * s, o1 + 2 * laneWidth); streamLane(c13 * s, o1 + 3 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
       storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth); storeLane(c13, o1 + 3 * laneWidth)
@@ -1289,7 +1297,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn3x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1391,9 +1400,9 @@ extension NeighborhoodTiles {
       j = next
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth) }
-      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth) }
-      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s1); streamLane(c10 * s, o1 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s2); streamLane(c20 * s, o2 + 0 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth)
       storeLane(c10, o1 + 0 * laneWidth)
@@ -1405,7 +1414,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn3x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1507,9 +1517,9 @@ extension NeighborhoodTiles {
       j = next
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth) }
-      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth) }
-      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth); storeLane(c21 * s, o2 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth); streamLane(c01 * s, o0 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s1); streamLane(c10 * s, o1 + 0 * laneWidth); streamLane(c11 * s, o1 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s2); streamLane(c20 * s, o2 + 0 * laneWidth); streamLane(c21 * s, o2 + 1 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
       storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth)
@@ -1521,7 +1531,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn3x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1623,9 +1634,9 @@ extension NeighborhoodTiles {
       j = next
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth) }
-      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth); storeLane(c12 * s, o1 + 2 * laneWidth) }
-      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth); storeLane(c21 * s, o2 + 1 * laneWidth); storeLane(c22 * s, o2 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth); streamLane(c01 * s, o0 + 1 * laneWidth); streamLane(c02 * s, o0 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s1); streamLane(c10 * s, o1 + 0 * laneWidth); streamLane(c11 * s, o1 + 1 * laneWidth); streamLane(c12 * s, o1 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s2); streamLane(c20 * s, o2 + 0 * laneWidth); streamLane(c21 * s, o2 + 1 * laneWidth); streamLane(c22 * s, o2 + 2 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
       storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth)
@@ -1637,7 +1648,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn3x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1739,9 +1751,9 @@ extension NeighborhoodTiles {
       j = next
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth); storeLane(c03 * s, o0 + 3 * laneWidth) }
-      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth); storeLane(c12 * s, o1 + 2 * laneWidth); storeLane(c13 * s, o1 + 3 * laneWidth) }
-      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth); storeLane(c21 * s, o2 + 1 * laneWidth); storeLane(c22 * s, o2 + 2 * laneWidth); storeLane(c23 * s, o2 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth); streamLane(c01 * s, o0 + 1 * laneWidth); streamLane(c02 * s, o0 + 2 * laneWidth); streamLane(c03 * s, o0 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s1); streamLane(c10 * s, o1 + 0 * laneWidth); streamLane(c11 * s, o1 + 1 * laneWidth); streamLane(c12 * s, o1 + 2 * laneWidth); streamLane(c13 * s, o1 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s2); streamLane(c20 * s, o2 + 0 * laneWidth); streamLane(c21 * s, o2 + 1 * laneWidth); streamLane(c22 * s, o2 + 2 * laneWidth); streamLane(c23 * s, o2 + 3 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
       storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth); storeLane(c13, o1 + 3 * laneWidth)
@@ -1753,7 +1765,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn4x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, s3: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -1914,10 +1927,10 @@ extension NeighborhoodTiles {
       j = next
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth) }
-      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth) }
-      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth) }
-      do { let s = Lane(repeating: s3); storeLane(c30 * s, o3 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s1); streamLane(c10 * s, o1 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s2); streamLane(c20 * s, o2 + 0 * laneWidth) }
+      do { let s = Lane(repeating: s3); streamLane(c30 * s, o3 + 0 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth)
       storeLane(c10, o1 + 0 * laneWidth)
@@ -1930,7 +1943,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn4x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, s3: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -2091,10 +2105,10 @@ extension NeighborhoodTiles {
       j = next
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth) }
-      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth) }
-      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth); storeLane(c21 * s, o2 + 1 * laneWidth) }
-      do { let s = Lane(repeating: s3); storeLane(c30 * s, o3 + 0 * laneWidth); storeLane(c31 * s, o3 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth); streamLane(c01 * s, o0 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s1); streamLane(c10 * s, o1 + 0 * laneWidth); streamLane(c11 * s, o1 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s2); streamLane(c20 * s, o2 + 0 * laneWidth); streamLane(c21 * s, o2 + 1 * laneWidth) }
+      do { let s = Lane(repeating: s3); streamLane(c30 * s, o3 + 0 * laneWidth); streamLane(c31 * s, o3 + 1 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth)
       storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth)
@@ -2107,7 +2121,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn4x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, s3: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -2268,10 +2283,10 @@ extension NeighborhoodTiles {
       j = next
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth) }
-      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth); storeLane(c12 * s, o1 + 2 * laneWidth) }
-      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth); storeLane(c21 * s, o2 + 1 * laneWidth); storeLane(c22 * s, o2 + 2 * laneWidth) }
-      do { let s = Lane(repeating: s3); storeLane(c30 * s, o3 + 0 * laneWidth); storeLane(c31 * s, o3 + 1 * laneWidth); storeLane(c32 * s, o3 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth); streamLane(c01 * s, o0 + 1 * laneWidth); streamLane(c02 * s, o0 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s1); streamLane(c10 * s, o1 + 0 * laneWidth); streamLane(c11 * s, o1 + 1 * laneWidth); streamLane(c12 * s, o1 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s2); streamLane(c20 * s, o2 + 0 * laneWidth); streamLane(c21 * s, o2 + 1 * laneWidth); streamLane(c22 * s, o2 + 2 * laneWidth) }
+      do { let s = Lane(repeating: s3); streamLane(c30 * s, o3 + 0 * laneWidth); streamLane(c31 * s, o3 + 1 * laneWidth); streamLane(c32 * s, o3 + 2 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth)
       storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth)
@@ -2284,7 +2299,8 @@ extension NeighborhoodTiles {
   /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
-  /// when this call covers query t's whole window (one softmax chunk).
+  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
+  /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
   static func pvn4x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, s3: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
@@ -2445,10 +2461,10 @@ extension NeighborhoodTiles {
       j = next
     }
     if direct {
-      do { let s = Lane(repeating: s0); storeLane(c00 * s, o0 + 0 * laneWidth); storeLane(c01 * s, o0 + 1 * laneWidth); storeLane(c02 * s, o0 + 2 * laneWidth); storeLane(c03 * s, o0 + 3 * laneWidth) }
-      do { let s = Lane(repeating: s1); storeLane(c10 * s, o1 + 0 * laneWidth); storeLane(c11 * s, o1 + 1 * laneWidth); storeLane(c12 * s, o1 + 2 * laneWidth); storeLane(c13 * s, o1 + 3 * laneWidth) }
-      do { let s = Lane(repeating: s2); storeLane(c20 * s, o2 + 0 * laneWidth); storeLane(c21 * s, o2 + 1 * laneWidth); storeLane(c22 * s, o2 + 2 * laneWidth); storeLane(c23 * s, o2 + 3 * laneWidth) }
-      do { let s = Lane(repeating: s3); storeLane(c30 * s, o3 + 0 * laneWidth); storeLane(c31 * s, o3 + 1 * laneWidth); storeLane(c32 * s, o3 + 2 * laneWidth); storeLane(c33 * s, o3 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s0); streamLane(c00 * s, o0 + 0 * laneWidth); streamLane(c01 * s, o0 + 1 * laneWidth); streamLane(c02 * s, o0 + 2 * laneWidth); streamLane(c03 * s, o0 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s1); streamLane(c10 * s, o1 + 0 * laneWidth); streamLane(c11 * s, o1 + 1 * laneWidth); streamLane(c12 * s, o1 + 2 * laneWidth); streamLane(c13 * s, o1 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s2); streamLane(c20 * s, o2 + 0 * laneWidth); streamLane(c21 * s, o2 + 1 * laneWidth); streamLane(c22 * s, o2 + 2 * laneWidth); streamLane(c23 * s, o2 + 3 * laneWidth) }
+      do { let s = Lane(repeating: s3); streamLane(c30 * s, o3 + 0 * laneWidth); streamLane(c31 * s, o3 + 1 * laneWidth); streamLane(c32 * s, o3 + 2 * laneWidth); streamLane(c33 * s, o3 + 3 * laneWidth) }
     } else {
       storeLane(c00, o0 + 0 * laneWidth); storeLane(c01, o0 + 1 * laneWidth); storeLane(c02, o0 + 2 * laneWidth); storeLane(c03, o0 + 3 * laneWidth)
       storeLane(c10, o1 + 0 * laneWidth); storeLane(c11, o1 + 1 * laneWidth); storeLane(c12, o1 + 2 * laneWidth); storeLane(c13, o1 + 3 * laneWidth)

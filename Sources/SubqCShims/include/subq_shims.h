@@ -81,6 +81,24 @@ static inline __attribute__((always_inline)) subq_float16 subq_opaque16(subq_flo
 }
 #endif
 
+/// Stores `v` at `p` (aligned to the vector's size) bypassing the caches (`vmovntps`): for output
+/// rows written whole and not read again soon, so their lines are neither read from memory first
+/// nor kept in the caches. Call `subq_store_fence` before other threads read them.
+static inline __attribute__((always_inline)) void subq_stream16(float *p, subq_float16 v) {
+  __builtin_nontemporal_store(v, (subq_float16 *)p);
+}
+static inline __attribute__((always_inline)) void subq_stream8(float *p, subq_float8 v) {
+  __builtin_nontemporal_store(v, (subq_float8 *)p);
+}
+/// Orders the non-temporal stores before it ahead of every later store (`sfence` on x86-64).
+static inline __attribute__((always_inline)) void subq_store_fence(void) {
+#if defined(__x86_64__)
+  __builtin_ia32_sfence();
+#else
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
 /// The even (odd) elements of the concatenation a ++ b: one two-source permute (`vpermt2ps` on
 /// AVX-512; `uzp1`/`uzp2` pairs on arm64). On AVX-512 builds Swift's `SIMD32.evenHalf`/`oddHalf`
 /// stay out of line in optimized kernels: a call per use, with the pair stored to memory and
