@@ -26,19 +26,40 @@ def fits(R, W):
     return R * W <= 21 or (R == 1)
 
 
-def qk(R, W):
+def qk(R, W, centred=False):
+    """Scores of R query vectors against W shifted key vectors, `qk{R}x{W}`. With `centred`,
+    `qkc{R}x{W}`: the same for the centred window (offsets −h … h, W = 2h + 1) when `k + h` is a
+    whole, aligned vector: each channel loads the three aligned vectors around it and shifts them
+    in registers (`valignd`) instead of loading W − 1 vectors that straddle two cache lines. On this
+    machine a split load costs a load port about 2.5 times an aligned one, and a tile of 1 or 2 rows
+    does too few FMAs per key load to hide that (the shifts take the FMA port 5, so 3-row tiles keep
+    the split loads)."""
+    h = (W - 1) // 2
     L = []
-    L.append(f"  /// Scores of {R} query vector(s) against {W} shifted key vector(s):")
-    L.append("  /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.")
+    if centred:
+        L.append(f"  /// ``qk{R}x{W}`` with `k` at offset −{h} and `k + {h}` 64-byte aligned: three aligned loads and {W - 1} in-register")
+        L.append("  /// shifts per channel instead of shifted loads that straddle two cache lines (AVX-512).")
+    else:
+        L.append(f"  /// Scores of {R} query vector(s) against {W} shifted key vector(s):")
+        L.append("  /// `s_r[w] = Σ_d q_r[d] · K[d·ldk + w ..< d·ldk + w + laneWidth]`.")
     L.append("  @inline(__always)")
     params = ", ".join(f"_ q{r}: UnsafePointer<Lane>" for r in range(R))
     outs = ", ".join(f"_ s{r}: UnsafeMutablePointer<Lane>" for r in range(R))
-    L.append(f"  static func qk{R}x{W}({params}, k: UnsafePointer<Float>, ldk: Int, depth: Int, {outs}, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {{")
+    name = f"qkc{R}x{W}" if centred else f"qk{R}x{W}"
+    L.append(f"  static func {name}({params}, k: UnsafePointer<Float>, ldk: Int, depth: Int, {outs}, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {{")
     for r in range(R):
         L.append("    " + "; ".join(f"var a{r}{w} = Lane()" for w in range(W)))
-    L.append("    var kp = k, np = next")
+    L.append(f"    var kp = k + {h}, np = next" if centred else "    var kp = k, np = next")
     L.append("    for d in 0..<depth {")
-    L.append("      " + "; ".join(f"let k{w} = loadLane(kp + {w})" for w in range(W)))
+    if centred:
+        L.append("      let ka = subq_opaque16(loadLane(kp - laneWidth)), kb = subq_opaque16(loadLane(kp)), kc = subq_opaque16(loadLane(kp + laneWidth))")
+        ks = []
+        for w in range(W):
+            o = w - h
+            ks.append(f"let k{w} = " + ("kb" if o == 0 else f"subq_align16_{16 + o}(ka, kb)" if o < 0 else f"subq_align16_{o}(kb, kc)"))
+        L.append("      " + "; ".join(ks))
+    else:
+        L.append("      " + "; ".join(f"let k{w} = loadLane(kp + {w})" for w in range(W)))
     for r in range(R):
         L.append(f"      do {{ let q = q{r}[d]; " + "; ".join(f"a{r}{w} = fmadd(a{r}{w}, q, k{w})" for w in range(W)) + " }")
     L.append("      prefetchL2(pf[d])")
@@ -53,43 +74,6 @@ def qk(R, W):
 
 CENTRED_ROWS = [1, 2]
 CENTRED_WIDTHS = [3, 5, 7]
-
-
-def qkc(R, W):
-    """`qk{R}x{W}` for the centred window (offsets −h … h, W = 2h + 1) when `k + h` is a whole,
-    aligned vector: each channel loads the three aligned vectors around it and shifts them in
-    registers (`valignd`) instead of loading W − 1 vectors that straddle two cache lines. On this
-    machine a split load costs a load port about 2.5 times an aligned one, and a tile of 1 or 2 rows
-    does too few FMAs per key load to hide that (the shifts take the FMA port 5, so 3-row tiles keep
-    the split loads)."""
-    h = (W - 1) // 2
-    L = []
-    L.append(f"  /// ``qk{R}x{W}`` with `k` at offset −{h} and `k + {h}` 64-byte aligned: three aligned loads and {W - 1} in-register")
-    L.append("  /// shifts per channel instead of shifted loads that straddle two cache lines (AVX-512).")
-    L.append("  @inline(__always)")
-    params = ", ".join(f"_ q{r}: UnsafePointer<Lane>" for r in range(R))
-    outs = ", ".join(f"_ s{r}: UnsafeMutablePointer<Lane>" for r in range(R))
-    L.append(f"  static func qkc{R}x{W}({params}, k: UnsafePointer<Float>, ldk: Int, depth: Int, {outs}, pf: UnsafePointer<UnsafeRawPointer>, next: UnsafePointer<Float>) {{")
-    for r in range(R):
-        L.append("    " + "; ".join(f"var a{r}{w} = Lane()" for w in range(W)))
-    L.append(f"    var kp = k + {h}, np = next")
-    L.append("    for d in 0..<depth {")
-    L.append("      let ka = subq_opaque16(loadLane(kp - laneWidth)), kb = subq_opaque16(loadLane(kp)), kc = subq_opaque16(loadLane(kp + laneWidth))")
-    ks = []
-    for w in range(W):
-        o = w - h
-        ks.append(f"let k{w} = " + ("kb" if o == 0 else f"subq_align16_{16 + o}(ka, kb)" if o < 0 else f"subq_align16_{o}(kb, kc)"))
-    L.append("      " + "; ".join(ks))
-    for r in range(R):
-        L.append(f"      do {{ let q = q{r}[d]; " + "; ".join(f"a{r}{w} = fmadd(a{r}{w}, q, k{w})" for w in range(W)) + " }")
-    L.append("      prefetchL2(pf[d])")
-    L.append(f"      prefetchRead(np); prefetchRead(np + 16); prefetchRead(np + {W + 14})")
-    L.append("      kp += ldk; np += ldk")
-    L.append("    }")
-    for r in range(R):
-        L.append("    " + "; ".join(f"s{r}[{w}] = a{r}{w}" for w in range(W)))
-    L.append("  }")
-    return L
 
 
 def qkc_dispatch():
@@ -326,7 +310,7 @@ def main():
     out.append("extension NeighborhoodTiles {")
     for R in CENTRED_ROWS:
         for W in CENTRED_WIDTHS:
-            out += qkc(R, W)
+            out += qk(R, W, centred=True)
             out.append("")
     out += qkc_dispatch()
     out.append("}")

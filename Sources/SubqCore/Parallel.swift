@@ -21,12 +21,7 @@ public enum Parallel {
   public static func forEach(
     _ count: Int, threads: Int = Parallel.defaultThreads, _ body: @Sendable (_ item: Int, _ worker: Int) -> Void
   ) {
-    let workers = Swift.max(1, Swift.min(threads, count))
-    if count <= 0 { return }
-    if workers == 1 {
-      for i in 0..<count { body(i, 0) }
-      return
-    }
+    guard let workers = workersOrRunHere(count, threads: threads, body) else { return }
     let next = Atomic<Int>(0)
     DispatchQueue.concurrentPerform(iterations: workers) { worker in
       while true {
@@ -50,12 +45,7 @@ public enum Parallel {
   public static func forEachContiguous(
     _ count: Int, threads: Int = Parallel.defaultThreads, _ body: @Sendable (_ item: Int, _ worker: Int) -> Void
   ) {
-    let workers = Swift.max(1, Swift.min(threads, count))
-    if count <= 0 { return }
-    if workers == 1 {
-      for i in 0..<count { body(i, 0) }
-      return
-    }
+    guard let workers = workersOrRunHere(count, threads: threads, body) else { return }
     // Run of worker w: items runs[w].0 ..< runs[w].1. Items are coarse enough (a band of rows)
     // that one uncontended lock per item costs nothing measurable.
     let runs = Mutex((0..<workers).map { w in (count * w / workers, count * (w + 1) / workers) })
@@ -79,6 +69,20 @@ public enum Parallel {
         body(item, worker)
       }
     }
+  }
+
+  /// The number of workers for `count` items, or nil when there is at most one: then the items
+  /// (if any) have already run in order on the calling thread, as worker 0.
+  private static func workersOrRunHere(
+    _ count: Int, threads: Int, _ body: (_ item: Int, _ worker: Int) -> Void
+  ) -> Int? {
+    let n = Parallel.workers(for: count, threads: threads)
+    if count <= 0 { return nil }
+    if n == 1 {
+      for i in 0..<count { body(i, 0) }
+      return nil
+    }
+    return n
   }
 
   /// `floats` rounded up to whole 64-byte lines (16 floats): the stride between per-worker
