@@ -76,26 +76,11 @@ CENTRED_ROWS = [1, 2]
 CENTRED_WIDTHS = [3, 5, 7]
 
 
-def qkc_dispatch():
+def has_centred_tile():
     L = []
     L.append("  /// Whether ``qkc(rows:width:q:qStride:k:ldk:depth:s:sStride:pf:next:)`` has a tile for `rows` × `width`.")
     L.append("  static func hasCentredTile(rows: Int, width: Int) -> Bool {")
     L.append("    " + "(" + " || ".join(f"rows == {R}" for R in CENTRED_ROWS) + ") && (" + " || ".join(f"width == {W}" for W in CENTRED_WIDTHS) + ")")
-    L.append("  }")
-    L.append("")
-    L.append("  /// `qkc{rows}x{width}` with the query vectors at `q + r·qStride` and the scores at `s + r·sStride`.")
-    L.append("  @inline(__always)")
-    L.append("  static func qkc(rows: Int, width: Int, q: UnsafePointer<Lane>, qStride: Int, k: UnsafePointer<Float>, ldk: Int,")
-    L.append("                  depth: Int, s: UnsafeMutablePointer<Lane>, sStride: Int, pf: UnsafePointer<UnsafeRawPointer>,")
-    L.append("                  next: UnsafePointer<Float>) {")
-    L.append("    switch (rows, width) {")
-    for R in CENTRED_ROWS:
-        for W in CENTRED_WIDTHS:
-            qs = ", ".join(f"q + {r} * qStride" for r in range(R))
-            ss = ", ".join(f"s + {r} * sStride" for r in range(R))
-            L.append(f"    case ({R}, {W}): qkc{R}x{W}({qs}, k: k, ldk: ldk, depth: depth, {ss}, pf: pf, next: next)")
-    L.append("    default: preconditionFailure(\"no centred neighborhood tile \\(rows)x\\(width)\")")
-    L.append("    }")
     L.append("  }")
     return L
 
@@ -252,13 +237,15 @@ def pvn_dispatch():
 
 
 def dispatch(kind):
+    """The switch over the generated tiles of `kind`: "qk", "qkc" (centred score tiles) or "pv"."""
     L = []
-    if kind == "qk":
-        L.append("  /// `qk{rows}x{width}` with the query vectors at `q + r·qStride` and the scores at `s + r·sStride`.")
+    if kind in ("qk", "qkc"):
+        pad = " " * len(kind)
+        L.append(f"  /// `{kind}{{rows}}x{{width}}` with the query vectors at `q + r·qStride` and the scores at `s + r·sStride`.")
         L.append("  @inline(__always)")
-        L.append("  static func qk(rows: Int, width: Int, q: UnsafePointer<Lane>, qStride: Int, k: UnsafePointer<Float>, ldk: Int,")
-        L.append("                 depth: Int, s: UnsafeMutablePointer<Lane>, sStride: Int, pf: UnsafePointer<UnsafeRawPointer>,")
-        L.append("                 next: UnsafePointer<Float>) {")
+        L.append(f"  static func {kind}(rows: Int, width: Int, q: UnsafePointer<Lane>, qStride: Int, k: UnsafePointer<Float>, ldk: Int,")
+        L.append(f"               {pad}depth: Int, s: UnsafeMutablePointer<Lane>, sStride: Int, pf: UnsafePointer<UnsafeRawPointer>,")
+        L.append(f"               {pad}next: UnsafePointer<Float>) {{")
     else:
         L.append("  /// `pv{rows}x{width}` with the probabilities at `p + r·pStride` and the outputs at `o + r·oStride`.")
         L.append("  @inline(__always)")
@@ -266,18 +253,17 @@ def dispatch(kind):
         L.append("                 count: Int, o: UnsafeMutablePointer<Lane>, oStride: Int, pf: UnsafePointer<UnsafeRawPointer>,")
         L.append("                 next: UnsafePointer<Float>) {")
     L.append("    switch (rows, width) {")
-    for R in ROWS:
-        for W in WIDTHS:
-            if not fits(R, W):
-                continue
-            if kind == "qk":
-                qs = ", ".join(f"q + {r} * qStride" for r in range(R))
-                ss = ", ".join(f"s + {r} * sStride" for r in range(R))
-                L.append(f"    case ({R}, {W}): qk{R}x{W}({qs}, k: k, ldk: ldk, depth: depth, {ss}, pf: pf, next: next)")
-            else:
-                ps = ", ".join(f"p + {r} * pStride" for r in range(R))
-                os_ = ", ".join(f"o + {r} * oStride" for r in range(R))
-                L.append(f"    case ({R}, {W}): pv{R}x{W}({ps}, v: v, ldv: ldv, count: count, {os_}, pf: pf, next: next)")
+    shapes = [(R, W) for R in CENTRED_ROWS for W in CENTRED_WIDTHS] if kind == "qkc" \
+        else [(R, W) for R in ROWS for W in WIDTHS if fits(R, W)]
+    for R, W in shapes:
+        if kind != "pv":
+            qs = ", ".join(f"q + {r} * qStride" for r in range(R))
+            ss = ", ".join(f"s + {r} * sStride" for r in range(R))
+            L.append(f"    case ({R}, {W}): {kind}{R}x{W}({qs}, k: k, ldk: ldk, depth: depth, {ss}, pf: pf, next: next)")
+        else:
+            ps = ", ".join(f"p + {r} * pStride" for r in range(R))
+            os_ = ", ".join(f"o + {r} * oStride" for r in range(R))
+            L.append(f"    case ({R}, {W}): pv{R}x{W}({ps}, v: v, ldv: ldv, count: count, {os_}, pf: pf, next: next)")
     L.append("    default: preconditionFailure(\"no neighborhood tile \\(rows)x\\(width)\")")
     L.append("    }")
     L.append("  }")
@@ -312,7 +298,9 @@ def main():
         for W in CENTRED_WIDTHS:
             out += qk(R, W, centred=True)
             out.append("")
-    out += qkc_dispatch()
+    out += has_centred_tile()
+    out.append("")
+    out += dispatch("qkc")
     out.append("}")
     out.append("#endif")
     path = pathlib.Path(__file__).resolve().parent.parent / "Sources/SubqSparse/NeighborhoodTiles+Generated.swift"

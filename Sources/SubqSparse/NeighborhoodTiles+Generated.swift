@@ -2650,7 +2650,7 @@ extension NeighborhoodTiles {
     case (2, 3): qkc2x3(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf, next: next)
     case (2, 5): qkc2x5(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf, next: next)
     case (2, 7): qkc2x7(q + 0 * qStride, q + 1 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, s + 1 * sStride, pf: pf, next: next)
-    default: preconditionFailure("no centred neighborhood tile \(rows)x\(width)")
+    default: preconditionFailure("no neighborhood tile \(rows)x\(width)")
     }
   }
 }
