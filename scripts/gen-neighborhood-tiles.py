@@ -242,10 +242,21 @@ def dispatch(kind):
     if kind in ("qk", "qkc"):
         pad = " " * len(kind)
         L.append(f"  /// `{kind}{{rows}}x{{width}}` with the query vectors at `q + r·qStride` and the scores at `s + r·sStride`.")
+        if kind == "qk":
+            L.append("  /// `centred`: the call's offsets are −h … h (width 2h + 1) and `k + h` is a whole vector; on AVX-512")
+            L.append("  /// the 1- and 2-row shapes then go to ``qkc(rows:width:q:qStride:k:ldk:depth:s:sStride:pf:next:)``")
+            L.append("  /// (same scores, no split loads).")
         L.append("  @inline(__always)")
         L.append(f"  static func {kind}(rows: Int, width: Int, q: UnsafePointer<Lane>, qStride: Int, k: UnsafePointer<Float>, ldk: Int,")
         L.append(f"               {pad}depth: Int, s: UnsafeMutablePointer<Lane>, sStride: Int, pf: UnsafePointer<UnsafeRawPointer>,")
-        L.append(f"               {pad}next: UnsafePointer<Float>) {{")
+        L.append(f"               {pad}next: UnsafePointer<Float>{', centred: Bool' if kind == 'qk' else ''}) {{")
+        if kind == "qk":
+            L.append("    #if SUBQ_AVX512")
+            L.append("    if centred && hasCentredTile(rows: rows, width: width) {")
+            L.append("      qkc(rows: rows, width: width, q: q, qStride: qStride, k: k, ldk: ldk, depth: depth, s: s, sStride: sStride, pf: pf, next: next)")
+            L.append("      return")
+            L.append("    }")
+            L.append("    #endif")
     else:
         L.append("  /// `pv{rows}x{width}` with the probabilities at `p + r·pStride` and the outputs at `o + r·oStride`.")
         L.append("  @inline(__always)")

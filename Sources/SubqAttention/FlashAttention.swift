@@ -13,8 +13,8 @@ import SubqKernels
 /// head × query block on all cores, head by head and heaviest blocks first within a head); each
 /// query block walks the key/value blocks of `block-k` rows that it can see (the inner loop),
 /// keeping a running row maximum and row sum, rescaling its accumulator once per key block and
-/// normalizing once at the end (FlashAttention-2, Dao 2023, §3.1). Scores never leave a `block-q × block-k` tile, so extra
-/// memory is O(threads · block-q · (D + Dv + block-k)) plus the log-sum-exp: no N×N matrix.
+/// normalizing once at the end (FlashAttention-2, Dao 2023, §3.1). Scores never leave a
+/// `block-q × block-k` tile, so extra memory is O(threads · block-q · (D + Dv + block-k)) plus the log-sum-exp: no N×N matrix.
 ///
 /// Key blocks that no query of the block can see are skipped (causal attention costs about half
 /// of non-causal), and only blocks that straddle the diagonal or a window edge apply the element
@@ -124,6 +124,12 @@ struct FlashWorkItem: Sendable {
 }
 
 /// The block geometry and scratch layout of one flash forward call.
+/// `indices` ordered by descending `cost`, equal costs keeping their order: the work order that
+/// ends a dynamic schedule balanced (the cheapest items last).
+func heaviestFirst<C: Collection>(_ indices: C, cost: (Int) -> Int) -> [Int] where C.Element == Int {
+  indices.sorted { a, b in cost(a) != cost(b) ? cost(a) > cost(b) : a < b }
+}
+
 struct FlashPlan: Sendable {
   let p: AttentionProblem
   let blockQ: Int
@@ -181,17 +187,11 @@ struct FlashPlan: Sendable {
   func workItems() -> [FlashWorkItem] {
     var items: [FlashWorkItem] = []
     for (si, seq) in p.sequences.enumerated() where seq.queryCount > 0 {
+      let starts = Array(stride(from: 0, to: seq.queryCount, by: blockQ))
+      let costs = starts.map { keyRange(seq, $0, min($0 + blockQ, seq.queryCount)).count + 1 }
+      let order = heaviestFirst(starts.indices) { costs[$0] }
       for h in 0..<p.queryHeads {
-        var group: [(cost: Int, item: FlashWorkItem)] = []
-        for i0 in stride(from: 0, to: seq.queryCount, by: blockQ) {
-          let cost = keyRange(seq, i0, min(i0 + blockQ, seq.queryCount)).count + 1
-          group.append((cost, FlashWorkItem(sequence: Int32(si), head: Int32(h), firstQuery: Int32(i0))))
-        }
-        // A stable sort keeps the query order within equal costs.
-        group = group.enumerated().sorted { a, b in
-          a.element.cost != b.element.cost ? a.element.cost > b.element.cost : a.offset < b.offset
-        }.map(\.element)
-        items += group.map(\.item)
+        items += order.map { FlashWorkItem(sequence: Int32(si), head: Int32(h), firstQuery: Int32(starts[$0])) }
       }
     }
     return items

@@ -284,7 +284,7 @@ package struct FlashBackwardPlan: Sendable {
     // Head by head, heaviest first within a head: the workers running side by side then read the
     // same Q, dO and statistics, which one core brings into the shared cache for the other.
     // (Sorting all items by cost interleaves the heads, whose equal chunks cost the same.)
-    itemOrder = ranges.flatMap { r in r.sorted { a, b in list[a].cost != list[b].cost ? list[a].cost > list[b].cost : a < b } }
+    itemOrder = ranges.flatMap { r in heaviestFirst(r) { list[$0].cost } }
   }
 
   /// Query blocks (of `blockQ`, from the sequence's first query) that see some key in `j0..<j1`.

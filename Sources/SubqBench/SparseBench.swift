@@ -92,7 +92,7 @@ public struct SparseBench {
     let na = try NeighborhoodAttention(grid: config.grid, kernel: [config.kernel])
     let flash = try FlashAttention()
     let err = try check(na, d, o)
-    let pairs = try na.attendedPairs(queries: d.queries, keys: d.keys, values: d.values, options: o)
+    let flops = try na.attendedPairs(queries: d.queries, keys: d.keys, values: d.values, options: o) * Double(4 * config.dim)
     let p = try AttentionProblem.validate(op: "bench", queries: d.queries, keys: d.keys, values: d.values, options: o)
     var nSamples: [Double] = [], fSamples: [Double] = [], ratios: [Double] = []
     for _ in 0..<max(1, config.flashRepeats) {
@@ -100,11 +100,11 @@ public struct SparseBench {
       let tn = try time(na, d, o, repeats: config.repeats)
       fSamples += tf.samples
       nSamples += tn.samples
-      ratios.append((pairs * Double(4 * config.dim) / tn.median) / (p.flops / tf.median))
+      ratios.append((flops / tn.median) / (p.flops / tf.median))
     }
     let tn = Timing(samples: nSamples), tf = Timing(samples: fSamples)
     return Comparison(grid: config.grid, kernel: config.kernel, n: n, neighborhoodSeconds: tn.median,
-                      neighborhoodGflops: pairs * Double(4 * config.dim) / tn.median / 1e9,
+                      neighborhoodGflops: flops / tn.median / 1e9,
                       flashSeconds: tf.median, flashGflops: p.flops / tf.median / 1e9,
                       ratio: Timing(samples: ratios).median, roundRatios: ratios, checkError: err)
   }

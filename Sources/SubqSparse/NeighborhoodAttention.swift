@@ -858,24 +858,10 @@ struct NeighborhoodPlan: Sendable {
               var o = oc
               while o < oe {
                 let w = min(oe - o, maxWidth(rb - ra + 1))
-                #if SUBQ_AVX512
-                // 1- and 2-row tiles over the centred window (offsets −h … h; kRow is a whole
-                // vector): aligned loads and in-register shifts instead of split loads.
-                let centred = o == -(w - 1) / 2 && NeighborhoodTiles.hasCentredTile(rows: rb - ra + 1, width: w)
-                #else
-                let centred = false
-                #endif
-                if centred {
-                  #if SUBQ_AVX512
-                  NeighborhoodTiles.qkc(rows: rb - ra + 1, width: w, q: qt + ra * D, qStride: D, k: kRow + o, ldk: rowStride,
-                                        depth: D, s: st + ra * sRow + (x - xc) * go + (o - oc), sStride: sRow, pf: pf + pfAt,
-                                        next: kNext + o)
-                  #endif
-                } else {
-                  NeighborhoodTiles.qk(rows: rb - ra + 1, width: w, q: qt + ra * D, qStride: D, k: kRow + o, ldk: rowStride,
-                                       depth: D, s: st + ra * sRow + (x - xc) * go + (o - oc), sStride: sRow, pf: pf + pfAt,
-                                       next: kNext + o)
-                }
+                // (kRow is a whole vector, so a centred call's middle column is too.)
+                NeighborhoodTiles.qk(rows: rb - ra + 1, width: w, q: qt + ra * D, qStride: D, k: kRow + o, ldk: rowStride,
+                                     depth: D, s: st + ra * sRow + (x - xc) * go + (o - oc), sStride: sRow, pf: pf + pfAt,
+                                     next: kNext + o, centred: o == -(w - 1) / 2)
                 pfAt = min(pfAt + D, pfCount)
                 o += w
               }

@@ -828,10 +828,19 @@ extension NeighborhoodTiles {
   }
 
   /// `qk{rows}x{width}` with the query vectors at `q + r·qStride` and the scores at `s + r·sStride`.
+  /// `centred`: the call's offsets are −h … h (width 2h + 1) and `k + h` is a whole vector; on AVX-512
+  /// the 1- and 2-row shapes then go to ``qkc(rows:width:q:qStride:k:ldk:depth:s:sStride:pf:next:)``
+  /// (same scores, no split loads).
   @inline(__always)
   static func qk(rows: Int, width: Int, q: UnsafePointer<Lane>, qStride: Int, k: UnsafePointer<Float>, ldk: Int,
                  depth: Int, s: UnsafeMutablePointer<Lane>, sStride: Int, pf: UnsafePointer<UnsafeRawPointer>,
-                 next: UnsafePointer<Float>) {
+                 next: UnsafePointer<Float>, centred: Bool) {
+    #if SUBQ_AVX512
+    if centred && hasCentredTile(rows: rows, width: width) {
+      qkc(rows: rows, width: width, q: q, qStride: qStride, k: k, ldk: ldk, depth: depth, s: s, sStride: sStride, pf: pf, next: next)
+      return
+    }
+    #endif
     switch (rows, width) {
     case (1, 1): qk1x1(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf, next: next)
     case (1, 2): qk1x2(q + 0 * qStride, k: k, ldk: ldk, depth: depth, s + 0 * sStride, pf: pf, next: next)
