@@ -110,12 +110,14 @@ public struct AttentionBench {
       }()
 
       // Memory: one probed run (threads and code are warm after the check above). The probe
-      // trims the heap first, so pages freed by earlier runs cannot hide this run's allocations;
-      // the growth minus the output this run returns is the method's extra memory.
+      // purges the tensor cache and trims the heap first, so pages freed by earlier runs cannot
+      // hide this run's allocations, and bypasses the cache during the run; the growth minus the
+      // output this run returns is the method's extra memory.
       let outputBytes = Double(problem.outputShape.reduce(1, *)) * 4
-      let probe = MemoryProbe.start()
-      let probed = try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
-      let growth = probe.map { Double($0.peakGrowth()) }
+      let (probed, growthBytes) = try MemoryProbe.measure { () throws(SubqError) in
+        try method.attention(queries: d.queries, keys: d.keys, values: d.values, options: opts)
+      }
+      let growth = growthBytes.map(Double.init)
       let peak = Double(MachineInfo.peakResidentBytes())
       blackHole(probed.output)
 

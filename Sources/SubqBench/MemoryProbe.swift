@@ -6,14 +6,18 @@ import Glibc
 
 /// Measures how much resident memory one piece of work adds at its peak.
 ///
-/// ``MemoryProbe/start()`` returns the heap's free pages to the system (glibc's `malloc_trim`),
-/// resets the kernel's peak resident set size (`/proc/self/clear_refs`, Linux ≥ 4.0) and reads the
-/// current resident size; ``peakGrowth()`` then reads the peak (`VmHWM`) and returns the growth.
+/// ``measure(_:)`` runs the work with the tensor buffer cache bypassed
+/// (``TensorBufferCache/withCachingSuspended(_:)``, which purges it first); before the work it
+/// returns the heap's free pages to the system (glibc's `malloc_trim`), resets the kernel's peak
+/// resident set size (`/proc/self/clear_refs`, Linux ≥ 4.0) and reads the current resident size;
+/// after it, it reads the peak (`VmHWM`) and returns the growth.
 ///
-/// Why the trim matters: memory freed by earlier runs stays resident inside malloc's heap, and a
-/// later run reuses it without the resident size growing, so without the trim a repeated
-/// measurement reports (almost) nothing. With it, every page the work touches for the first time
-/// shows up.
+/// Why the purge and the trim matter: memory freed by earlier runs stays resident, in the tensor
+/// cache or inside malloc's heap, and a later run reuses it without the resident size growing, so
+/// without them a repeated measurement reports (almost) nothing. With them, every page the work
+/// touches for the first time shows up. Bypassing the cache during the work makes the figure what
+/// the work needs live: buffers it frees are released, as without the cache, instead of staying
+/// resident for reuse.
 ///
 /// Resolution: the kernel keeps resident-set counters per CPU and folds them in batches, so
 /// figures are exact only to a few hundred KiB (about 32 pages per core). Thread stacks created
@@ -24,7 +28,18 @@ public struct MemoryProbe: Sendable {
   /// Resident bytes right after the reset.
   public let baseBytes: Int
 
+  /// Runs `body` and returns its result with the peak resident growth during it (nil when the
+  /// peak cannot be measured), with the tensor cache purged and bypassed.
+  public static func measure<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> (result: R, growth: Int?) {
+    try TensorBufferCache.shared.withCachingSuspended { () throws(E) -> (result: R, growth: Int?) in
+      let probe = start()
+      let result = try body()
+      return (result, probe?.peakGrowth())
+    }
+  }
+
   /// Trims the heap, resets the peak and records the baseline; nil when the peak cannot be reset.
+  /// Does not touch the tensor cache: prefer ``measure(_:)``.
   public static func start() -> MemoryProbe? {
     trimHeap()
     guard MachineInfo.resetPeakResident() else { return nil }

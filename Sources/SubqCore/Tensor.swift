@@ -157,15 +157,18 @@ extension Tensor: CustomStringConvertible {
   }
 }
 
-/// 64-byte aligned storage for `Tensor`.
+/// 64-byte aligned storage for `Tensor`, from ``TensorBufferCache/shared`` (large buffers are
+/// reused from earlier tensors instead of faulting in fresh pages).
 @usableFromInline
 final class TensorStorage: @unchecked Sendable {
   @usableFromInline let pointer: UnsafeMutablePointer<Float>
   @usableFromInline let count: Int
+  let capacity: Int
 
   @usableFromInline init(count: Int) {
     self.count = count
-    let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)
+    let (raw, capacity) = TensorBufferCache.shared.allocate(byteCount: count * MemoryLayout<Float>.stride)
+    self.capacity = capacity
     pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
   }
 
@@ -175,5 +178,5 @@ final class TensorStorage: @unchecked Sendable {
     return c
   }
 
-  deinit { UnsafeMutableRawPointer(pointer).deallocate() }
+  deinit { TensorBufferCache.shared.release(UnsafeMutableRawPointer(pointer), capacity: capacity) }
 }

@@ -37,6 +37,7 @@ struct Subq: ParsableCommand {
 
   static func main() {
     do {
+      try TensorBufferCache.shared.applyEnvironment()
       var command = try parseAsRoot()
       try command.run()
     } catch let error as SubqError {

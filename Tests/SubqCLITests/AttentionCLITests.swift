@@ -87,6 +87,15 @@ import Testing
     // NaN accepted when allowed.
     let r = try runSubq(["attention", "--q", qNaN, "--k", k, "--v", v, "--allow-nonfinite", "--out", path("ok.npy")])
     #expect(r.status == 0, "stderr: \(r.stderr)")
+
+    // The tensor cache's environment variable is checked before anything runs.
+    let out = path("cache.npy")
+    let bad = try runSubq(["attention", "--q", q, "--k", k, "--v", v, "--out", out], environment: ["SUBQ_TENSOR_CACHE_MB": "big"])
+    #expect(bad.status == 2 && bad.stderr.split(separator: "\n").count == 1, "stderr: \(bad.stderr)")
+    #expect(bad.stderr.contains("SUBQ_TENSOR_CACHE_MB = big"), "stderr: \(bad.stderr)")
+    #expect(!FileManager.default.fileExists(atPath: out))
+    let off = try runSubq(["attention", "--q", q, "--k", k, "--v", v, "--out", out], environment: ["SUBQ_TENSOR_CACHE_MB": "0"])
+    #expect(off.status == 0, "stderr: \(off.stderr)")
   }
 
   @Test func methodsAndHelp() throws {

@@ -246,12 +246,11 @@ public final class CompareRunner: Sendable {
   /// One probed run, then timed runs while `repeats` and the budget allow.
   func measure(_ body: () throws(SubqError) -> Tensor, outputBytes: (Tensor) -> Double) -> Measurement {
     if cancellation.isCancelled { return .cancelled }
-    let probe = MemoryProbe.start()
     let t0 = monotonicSeconds()
-    let output: Tensor
-    do { output = try body() } catch { return .failed(error.description) }
+    let output: Tensor, growth: Int?
+    do { (output, growth) = try MemoryProbe.measure(body) } catch { return .failed(error.description) }
     var samples = [monotonicSeconds() - t0]
-    let extra = probe.map { max(0, Double($0.peakGrowth()) - outputBytes(output)) }
+    let extra = growth.map { max(0, Double($0) - outputBytes(output)) }
     var spent = samples[0]
     while samples.count < config.repeats && spent < config.budgetSeconds {
       if cancellation.isCancelled { return .cancelled }
