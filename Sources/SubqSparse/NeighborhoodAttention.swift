@@ -500,8 +500,17 @@ struct NeighborhoodPlan: Sendable {
   @inline(__always) func queueLines(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int, stepA: Int, widthA: Int,
                                     stepB: Int, widthB: Int, pf: UnsafeMutablePointer<UnsafeRawPointer>, n: inout Int) {
     let per = (widthA + 15) / 16 + (widthB + 15) / 16
+    let pairs = max(0, min(count, (pfCapacity - n) / per))
+    // A pair of 4 or 8 lines (e.g. a 64-float row alone, or with a 64-float row beside it) is one
+    // vector store, every lane's address advanced by its row's step: the scalar loop below made
+    // the kernel 4% slower (D = Dv = 64).
+    switch per {
+    case 4: return queueVectors(SIMD4<Int>.self, a, b, linesA: (widthA + 15) / 16, stepA: stepA, stepB: stepB, pairs: pairs, pf: pf, n: &n)
+    case 8: return queueVectors(SIMD8<Int>.self, a, b, linesA: (widthA + 15) / 16, stepA: stepA, stepB: stepB, pairs: pairs, pf: pf, n: &n)
+    default: break
+    }
     var ra = a, rb = b
-    for _ in 0..<max(0, min(count, (pfCapacity - n) / per)) {
+    for _ in 0..<pairs {
       var d = 0
       while d < widthA { pf[n] = UnsafeRawPointer(ra + d); n += 1; d += 16 }
       d = 0
@@ -509,6 +518,24 @@ struct NeighborhoodPlan: Sendable {
       ra += stepA
       rb += stepB
     }
+  }
+
+  /// ``queueLines`` for `V.scalarCount` lines per row pair (`linesA` of them from row a): one
+  /// store of `V` per pair.
+  @inline(__always) func queueVectors<V: SIMD>(_: V.Type, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, linesA: Int,
+                                             stepA: Int, stepB: Int, pairs: Int, pf: UnsafeMutablePointer<UnsafeRawPointer>,
+                                             n: inout Int) where V.Scalar == Int {
+    var lines = V(), step = V()
+    for e in 0..<V.scalarCount {
+      lines[e] = e < linesA ? Int(bitPattern: a) + e * 64 : Int(bitPattern: b) + (e - linesA) * 64
+      step[e] = (e < linesA ? stepA : stepB) * MemoryLayout<Float>.stride
+    }
+    let dst = UnsafeMutableRawPointer(pf + n)
+    for i in 0..<pairs {
+      dst.storeBytes(of: lines, toByteOffset: i * MemoryLayout<V>.stride, as: V.self)
+      lines &+= step
+    }
+    n += pairs * V.scalarCount
   }
 
   /// Cache slot of key row (z, x).
