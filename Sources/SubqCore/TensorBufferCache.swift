@@ -18,6 +18,10 @@ import Synchronization
 ///   most 1/8 larger (so a small tensor never pins a huge buffer); otherwise it allocates.
 /// - A freed buffer is kept while the cache holds at most ``limitBytes``; to make room the
 ///   least recently freed buffers are released first. A buffer larger than the limit is released.
+/// - A new buffer of 4 MiB or more (``hugePageMinimum``) that the cache may keep is 2 MiB-aligned
+///   and marked for transparent huge pages: one TLB entry covers 2 MiB instead of 4 KiB, which
+///   made neighborhood attention at 16K tokens about 4% faster. Only with the cache: a fresh
+///   huge-page buffer per call costs more to fault in than it saves (22 against 14 ms per call).
 /// - ``purge()`` releases every cached buffer. ``withCachingSuspended(_:)`` runs work with the
 ///   cache bypassed (used by memory probes, so that they report what a method needs live, not
 ///   what the cache holds).
@@ -36,6 +40,13 @@ public final class TensorBufferCache: Sendable {
 
   /// Buffers smaller than this are never cached (1 MiB).
   public static let minimumBytes = 1 << 20
+
+  /// New buffers of at least this size (4 MiB), allocated while caching is active, are aligned to
+  /// ``hugePageBytes`` and marked for transparent huge pages (Linux `madvise(MADV_HUGEPAGE)`).
+  public static let hugePageMinimum = 4 << 20
+
+  /// The huge-page size buffers of ``hugePageMinimum`` or more are aligned to (2 MiB).
+  public static let hugePageBytes = 2 << 20
 
   /// Cached capacities are multiples of this (64 KiB).
   static let granule = 64 << 10
@@ -144,9 +155,11 @@ public final class TensorBufferCache: Sendable {
       return (UnsafeMutableRawPointer.allocate(byteCount: request, alignment: Self.alignment), request)
     }
     let capacity = (request + Self.granule - 1) / Self.granule * Self.granule
-    let reused: Block? = state.withLock { s in
+    // nil: allocate; `huge`: the new buffer may be kept (caching active, within the limit).
+    let (reused, huge): (Block?, Bool) = state.withLock { s in
+      let caching = s.suspended == 0 && capacity <= s.limit
       var best = -1
-      if s.suspended == 0 {
+      if caching {
         let most = capacity + capacity / 8
         for (i, b) in s.blocks.enumerated() where b.capacity >= capacity && b.capacity <= most {
           if best < 0 || b.capacity < s.blocks[best].capacity { best = i }
@@ -154,14 +167,22 @@ public final class TensorBufferCache: Sendable {
       }
       guard best >= 0 else {
         s.statistics.misses += 1
-        return nil
+        return (nil, caching && capacity >= Self.hugePageMinimum)
       }
       s.statistics.hits += 1
       s.bytes -= s.blocks[best].capacity
-      return s.blocks.remove(at: best)
+      return (s.blocks.remove(at: best), false)
     }
     if let reused { return (reused.pointer, reused.capacity) }
-    return (UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: Self.alignment), capacity)
+    guard huge else {
+      return (UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: Self.alignment), capacity)
+    }
+    let raw = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: Self.hugePageBytes)
+    #if os(Linux)
+    // A hint: ignored (4 KiB pages) where transparent huge pages are off.
+    _ = madvise(raw, capacity / Self.hugePageBytes * Self.hugePageBytes, MADV_HUGEPAGE)
+    #endif
+    return (raw, capacity)
   }
 
   /// Gives back a buffer from ``allocate(byteCount:)``: kept for reuse when the policy allows,

@@ -66,6 +66,20 @@ import Testing
     #expect(cache.cachedBytes == 0)
   }
 
+  @Test("buffers of 4 MiB or more that may be cached are aligned for huge pages, and stay so when reused")
+  func hugePageAlignment() {
+    let cache = TensorBufferCache(limitBytes: 64 * mib)
+    let big = cache.allocate(byteCount: TensorBufferCache.hugePageMinimum + 100)
+    #expect(Int(bitPattern: big.pointer) % TensorBufferCache.hugePageBytes == 0)
+    // Writable over the whole capacity (the huge-page hint covers only whole 2 MiB pages).
+    big.pointer.initializeMemory(as: UInt8.self, repeating: 7, count: big.capacity)
+    cache.release(big.pointer, capacity: big.capacity)
+    // A cached buffer keeps its alignment when reused.
+    let again = cache.allocate(byteCount: TensorBufferCache.hugePageMinimum + 100)
+    #expect(again.pointer == big.pointer)
+    cache.release(again.pointer, capacity: again.capacity)
+  }
+
   @Test("small buffers are never cached")
   func small() {
     let cache = TensorBufferCache(limitBytes: 64 * mib)
