@@ -110,6 +110,13 @@ extension ProximityGraph {
     /// it to leave out the key a query was built from.
     var skip: Int32 = -1
 
+    /// Early termination: `patience` > 0 turns in a row brought no candidate into the top
+    /// `top`, and the top is full (a pool still short of `top` allowed keys keeps expanding, so
+    /// a search returns k keys whenever its traversal can reach them).
+    @inline(__always) func outOfPatience(_ patience: Int) -> Bool {
+      patience > 0 && stale >= patience && included >= top
+    }
+
     /// Inserts (s, id) if it ranks among the pool; returns its position (or `size` if not kept).
     @inline(__always) mutating func offer(_ s: Float, _ id: Int32) -> Int {
       if included >= ef && size > 0 {
@@ -165,8 +172,9 @@ extension ProximityGraph {
   /// `seeds` (the previous step's results of the group's queries) are scored for every query with
   /// the entry points.
   ///
-  /// With `patience` > 0 a query stops expanding once `patience` of its turns in a row brought no
-  /// new candidate into its top `k` (adaptive early termination; 0: expand the whole pool).
+  /// With `patience` > 0 a query stops expanding once its top `k` is full and `patience` of its
+  /// turns in a row brought no new candidate into it (adaptive early termination; 0: expand the
+  /// whole pool).
   func searchGroup(
     _ queries: [UnsafePointer<Float>], keys: RowSource, k: Int, width: Int, allowed: Range<Int>, scratch: GroupScratch,
     patience: Int = 0, seeds: [Int32] = []
@@ -224,8 +232,8 @@ extension ProximityGraph {
         while c < pools[g].size && pools[g].done[c] { c += 1 }
         pools[g].cursor = c
         if c >= pools[g].size { continue }
-        // Early termination: this query's top k has not changed for `patience` turns.
-        if patience > 0 && pools[g].stale >= patience { continue }
+        // Early termination: this query's top k is full and has not changed for `patience` turns.
+        if pools[g].outOfPatience(patience) { continue }
         pools[g].stale += 1
         progressed = true
         pools[g].done[c] = true

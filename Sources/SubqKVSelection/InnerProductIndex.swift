@@ -143,8 +143,8 @@ public struct InnerProductIndex: Sendable {
   ///   - seeds: key ids scored and put in the pool before the search starts, with the entry
   ///     points (a warm start, e.g. the previous answer for a query that moved a little); a seed
   ///     among the true top `k` is always returned.
-  ///   - patience: stop once this many expansions in a row brought no new key into the top `k`
-  ///     (0: expand the whole pool).
+  ///   - patience: stop once the top `k` is full and this many expansions in a row brought no
+  ///     new key into it (0: expand the whole pool).
   public func search(_ query: Tensor, k: Int, width: Int, seeds: [Int] = [], patience: Int = 0) throws(SubqError) -> SearchResult {
     try checkQuery(query, k: k, op: "index.search")
     if width < 1 { throw .argument(op: "index.search", name: "width", value: "\(width)", reason: "must be at least 1") }

@@ -222,8 +222,8 @@ struct ProximityGraph: Sendable {
   ///
   /// `seeds` (e.g. the previous decode step's results for a slowly drifting query) are scored and
   /// offered to the pool with the entry points, so the search starts next to its answer. With
-  /// `patience` > 0 the search stops once `patience` expansions in a row brought no candidate
-  /// into its top `k` (0: expand the whole pool).
+  /// `patience` > 0 the search stops once its top `k` is full and `patience` expansions in a row
+  /// brought no candidate into it (0: expand the whole pool).
   func search(
     _ query: UnsafePointer<Float>, keys: RowSource, k: Int, width: Int, allowed: Range<Int>, scratch: Scratch, skip: Int32 = -1,
     seeds: [Int32] = [], patience: Int = 0
@@ -264,7 +264,7 @@ struct ProximityGraph: Sendable {
     while i < pool.size {
       var next = pool.size
       if !pex[i] {
-        if patience > 0 && pool.stale >= patience { break }
+        if pool.outOfPatience(patience) { break }
         pool.stale += 1
         pex[i] = true
         let node = Int(pid[i])

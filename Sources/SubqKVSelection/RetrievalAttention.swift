@@ -63,9 +63,9 @@ public final class RetrievalDecoder {
     /// scanned key; a Float16 cache is searched in place, so this only matters for Float32
     /// caches) and re-score the best `topK + topK/8 + 8` candidates on the cache's keys.
     public var halfPrecisionSearch = true
-    /// A search (or, grouped, a query of the group) stops expanding once this many of its
-    /// expansions in a row brought no new key into its top candidates (0: expand the whole pool
-    /// of `searchWidth`).
+    /// A search (or, grouped, a query of the group) stops expanding once its top candidates are
+    /// full and this many of its expansions in a row brought no new key into them (0: expand the
+    /// whole pool of `searchWidth`).
     public var patience = 0
     /// Start each query head's search from its previous step's results as well as from the
     /// entry points (decode queries drift slowly, so the last answer is next to the new one).
