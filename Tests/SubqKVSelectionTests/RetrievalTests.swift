@@ -99,19 +99,20 @@ struct RetrievalTests {
       try dec.buildIndex(cache: cache, layer: 0, sequence: seqs[0], prefillQueries: pq)
       return try dec.step(queries: q, cache: cache, layer: 0, sequences: seqs, options: AttentionOptions(causal: true, returnLSE: true), recordKeys: true)
     }
-    // A pool as large as the context visits every reachable key: both give the true top-k of
-    // every query head, up to the 30th/31st place (Float32 scores, the search, can order a
-    // near-tie at the boundary differently from the Float64 truth: seen once, key 1521 for 1854)
-    // and up to keys the graph does not reach from its entry points (seen once in about 50 seeds:
-    // the true 25th and 30th of one head, missed by grouped and per-head search alike, both
-    // precisions, seed 1570358432638318360 + 14). So up to 3 of 30 may differ; 0 is typical.
+    // A pool as large as the context visits every key the graph reaches from its entry points,
+    // grouped or not: both return the same keys for every query head. Against the exact top 30
+    // they miss only keys the graph does not reach (and, rarely, a near-tie at the 30th place:
+    // Float32 search scores against the Float64 truth): 0 is typical, but one seed in about 50
+    // missed 5 of one head's 30 and 3 of another's (seed 227143022712382 − 14), so the bound is
+    // on the recall over all heads.
     let fullG = try run(grouped: true, width: n), fullH = try run(grouped: false, width: n)
+    var missed = 0
     for h in 0..<hq {
-      let missG = Set(truth[h]).subtracting(fullG.retrievedKeys![h]).count
-      let missH = Set(truth[h]).subtracting(fullH.retrievedKeys![h]).count
-      #expect(missG <= 3 && fullG.retrievedKeys![h].count == 30, "grouped, head \(h), half \(halfSearch), seed \(seed)")
-      #expect(missH <= 3 && fullH.retrievedKeys![h].count == 30, "per head, head \(h), half \(halfSearch), seed \(seed)")
+      #expect(fullG.retrievedKeys![h].count == 30 && Set(fullG.retrievedKeys![h]) == Set(fullH.retrievedKeys![h]),
+              "head \(h), half \(halfSearch), seed \(seed)")
+      missed += Set(truth[h]).subtracting(fullG.retrievedKeys![h]).count
     }
+    #expect(missed <= hq * 30 / 10, "missed \(missed) of \(hq * 30), half \(halfSearch), seed \(seed)")
     #expect(fullG.statistics.searches == hkv && fullG.statistics.rowsSearched == hq)
     #expect(fullH.statistics.searches == hq && fullH.statistics.rowsSearched == hq)
     // A narrower pool (on this small, hard set — ~190 near-identical keys per cluster — recall
@@ -367,9 +368,11 @@ struct InnerProductIndexTests {
       let truth = try index.exactSearch(query, k: 30).ids
       // The narrowest pool: alone it misses part of the top 30 on this set.
       let cold = try index.search(query, k: 30, width: 30)
-      // Seeded with the true top 30 (in any order) it returns exactly them, best first.
+      // Seeded with the true top 30 (in any order) it returns exactly them, best first (by its
+      // own Float32 scores: a near-tie may be ordered differently from the exact search's).
       let warm = try index.search(query, k: 30, width: 30, seeds: truth.reversed())
-      #expect(warm.ids == truth, "query \(t), seed \(seed)")
+      #expect(Set(warm.ids) == Set(truth) && zip(warm.scores, warm.scores.dropFirst()).allSatisfy { $0 >= $1 },
+              "query \(t), seed \(seed)")
       // Seeded with half of them, it keeps that half.
       let half = Array(truth.prefix(15))
       let part = try index.search(query, k: 30, width: 30, seeds: half)
@@ -379,7 +382,7 @@ struct InnerProductIndexTests {
       total += 30
       // Patience: never more keys scanned than the full search, still k results.
       let early = try index.search(query, k: 30, width: 120, patience: 2), full = try index.search(query, k: 30, width: 120)
-      #expect(early.scanned <= full.scanned && early.ids.count == 30)
+      #expect(early.scanned <= full.scanned && early.ids.count == 30, "query \(t), seed \(seed)")
       #expect(try index.search(query, k: 30, width: 120, patience: 100_000) == full)
     }
     // The narrow cold search does miss keys here (else the seeded checks above prove nothing).
