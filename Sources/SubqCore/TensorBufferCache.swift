@@ -63,6 +63,7 @@ public final class TensorBufferCache: Sendable {
     /// Buffers released to make room or by ``TensorBufferCache/purge()``.
     public var evictions = 0
 
+    /// Counters with the given values (all zero by default).
     public init(hits: Int = 0, misses: Int = 0, evictions: Int = 0) {
       self.hits = hits
       self.misses = misses
