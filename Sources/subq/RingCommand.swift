@@ -54,9 +54,11 @@ struct RingCommand: ParsableCommand {
     do {
       try validateArguments()
     } catch {
-      // Every rank finds the same problem; only rank 0 reports it.
+      // Every rank finds the same problem; only rank 0 reports it, and the job's status (2) is
+      // rank 0's. The other ranks exit quietly with 0: a non-zero exit makes mpirun abort the job
+      // at once, which could kill rank 0 before its message was written (seen under load).
       let env = ProcessInfo.processInfo.environment
-      if let r = env["OMPI_COMM_WORLD_RANK"] ?? env["PMI_RANK"], r != "0" { Foundation.exit(2) }
+      if let r = env["OMPI_COMM_WORLD_RANK"] ?? env["PMI_RANK"], r != "0" { Foundation.exit(0) }
       throw error
     }
     let comm = try MPICommunicator.world()

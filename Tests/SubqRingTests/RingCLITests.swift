@@ -93,7 +93,7 @@ import Testing
     for c in cases {
       let out = path("bad-\(UUID().uuidString).npy")
       let r = try mpirun(3, ["ring"] + c.args + ["--out", out])
-      #expect(r.status != 0, "\(c.args)")
+      #expect(r.status == 2, "\(c.args): status \(r.status)")  // rank 0's status
       let errors = r.stderr.split(separator: "\n").filter { $0.hasPrefix("subq: error:") }
       #expect(errors.count == 1, "\(c.args): \(r.stderr)")
       #expect(errors.first?.contains(c.message) == true, "\(c.args): \(r.stderr)")
