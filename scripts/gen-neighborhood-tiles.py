@@ -30,7 +30,7 @@ def qk(R, W, centred=False):
     """Scores of R query vectors against W shifted key vectors, `qk{R}x{W}`. With `centred`,
     `qkc{R}x{W}`: the same for the centred window (offsets −h … h, W = 2h + 1) when `k + h` is a
     whole, aligned vector: each channel loads the three aligned vectors around it and shifts them
-    in registers (`valignd`) instead of loading W − 1 vectors that straddle two cache lines. On this
+    in registers (one two-source permute each, `vpermt2ps`) instead of loading W − 1 vectors that straddle two cache lines. On this
     machine a split load costs a load port about 2.5 times an aligned one, and a tile of 1 or 2 rows
     does too few FMAs per key load to hide that (the shifts take the FMA port 5, so 3-row tiles keep
     the split loads)."""

@@ -14,7 +14,8 @@ import SubqKernels
 /// query block walks the key/value blocks of `block-k` rows that it can see (the inner loop),
 /// keeping a running row maximum and row sum, rescaling its accumulator once per key block and
 /// normalizing once at the end (FlashAttention-2, Dao 2023, §3.1). Scores never leave a
-/// `block-q × block-k` tile, so extra memory is O(threads · block-q · (D + Dv + block-k)) plus the log-sum-exp: no N×N matrix.
+/// `block-q × block-k` tile, so extra memory is O(threads · block-q · (D + Dv + block-k)) plus the
+/// log-sum-exp: no N×N matrix.
 ///
 /// Key blocks that no query of the block can see are skipped (causal attention costs about half
 /// of non-causal), and only blocks that straddle the diagonal or a window edge apply the element
@@ -123,13 +124,13 @@ struct FlashWorkItem: Sendable {
   var firstQuery: Int32
 }
 
-/// The block geometry and scratch layout of one flash forward call.
 /// `indices` ordered by descending `cost`, equal costs keeping their order: the work order that
 /// ends a dynamic schedule balanced (the cheapest items last).
 func heaviestFirst<C: Collection>(_ indices: C, cost: (Int) -> Int) -> [Int] where C.Element == Int {
   indices.sorted { a, b in cost(a) != cost(b) ? cost(a) > cost(b) : a < b }
 }
 
+/// The block geometry and scratch layout of one flash forward call.
 struct FlashPlan: Sendable {
   let p: AttentionProblem
   let blockQ: Int

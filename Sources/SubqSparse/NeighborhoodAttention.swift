@@ -499,14 +499,14 @@ struct NeighborhoodPlan: Sendable {
   /// floats; as many whole pairs as fit in ``pfCapacity``.
   @inline(__always) func queueLines(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int, stepA: Int, widthA: Int,
                                     stepB: Int, widthB: Int, pf: UnsafeMutablePointer<UnsafeRawPointer>, n: inout Int) {
-    let per = (widthA + 15) / 16 + (widthB + 15) / 16
+    let linesA = (widthA + 15) / 16, per = linesA + (widthB + 15) / 16
     let pairs = max(0, min(count, (pfCapacity - n) / per))
     // A pair of 4 or 8 lines (e.g. a 64-float row alone, or with a 64-float row beside it) is one
     // vector store, every lane's address advanced by its row's step: the scalar loop below made
     // the kernel 4% slower (D = Dv = 64).
     switch per {
-    case 4: return queueVectors(SIMD4<Int>.self, a, b, linesA: (widthA + 15) / 16, stepA: stepA, stepB: stepB, pairs: pairs, pf: pf, n: &n)
-    case 8: return queueVectors(SIMD8<Int>.self, a, b, linesA: (widthA + 15) / 16, stepA: stepA, stepB: stepB, pairs: pairs, pf: pf, n: &n)
+    case 4: return queueVectors(SIMD4<Int>.self, a, b, linesA: linesA, stepA: stepA, stepB: stepB, pairs: pairs, pf: pf, n: &n)
+    case 8: return queueVectors(SIMD8<Int>.self, a, b, linesA: linesA, stepA: stepA, stepB: stepB, pairs: pairs, pf: pf, n: &n)
     default: break
     }
     var ra = a, rb = b

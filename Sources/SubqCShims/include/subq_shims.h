@@ -45,7 +45,7 @@ static inline __attribute__((always_inline)) int subq_any_greater8(subq_float8 a
 }
 
 /// Elements n ..< n + 16 of the concatenation a ++ b (a 16-float window starting n floats into
-/// `a`): one `valignd` on AVX-512. The neighborhood score tiles build the key vectors shifted by
+/// `a`): one two-source permute on AVX-512 (LLVM emits `vpermt2ps`). The neighborhood score tiles build the key vectors shifted by
 /// 1 … 15 columns from aligned loads with these instead of loading each shifted vector, which
 /// straddles two cache lines (such split loads cost a load port about 2.5 times an aligned load
 /// on this machine).
