@@ -124,16 +124,17 @@ def pvn(Q, NV):
     run of the Q queries; the loop walks the segments between the window bounds."""
     L = []
     L.append(f"  /// Natural-layout value update of {Q} quer{'y' if Q == 1 else 'ies'} × {NV} channel vector(s), over `rows` key rows:")
-    L.append("  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.")
+    L.append("  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`")
+    L.append("  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one")
+    L.append("  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).")
     L.append("  /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the")
     L.append("  /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output")
     L.append("  /// when this call covers query t's whole window (one softmax chunk), written with non-temporal")
     L.append("  /// stores (`o_t` aligned to a lane vector; the caller fences).")
     L.append("  @inline(__always)")
-    ps = ", ".join(f"_ p{t}: UnsafePointer<Float>" for t in range(Q))
     os_ = ", ".join(f"_ o{t}: UnsafeMutablePointer<Float>" for t in range(Q))
     bounds = ", ".join(f"a{t}: Int, e{t}: Int" for t in range(Q))
-    L.append(f"  static func pvn{Q}x{NV}({ps}, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,")
+    L.append(f"  static func pvn{Q}x{NV}(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,")
     scales = ", ".join(f"s{t}: Float" for t in range(Q))
     L.append(f"                      {bounds}, {os_}, direct: Bool, {scales}, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {{")
     for t in range(Q):
@@ -149,12 +150,12 @@ def pvn(Q, NV):
             L.append(f"      let end = {hi}")
             L.append("      while jj < end {")
             L.append("        var vj = v + jj * vCol")
-            L.append("        " + "; ".join(f"var pj{t} = p{t} + jj * pStep" for t in act))
+            L.append("        var pj = p + jj * pStep")
             L.append("        for _ in 0..<rows {")
             L.append("          " + "; ".join(f"let v{c} = loadLane(vj + {c} * laneWidth)" for c in range(NV)))
             for t in act:
-                L.append(f"          do {{ let b = Lane(repeating: pj{t}[0]); " + "; ".join(f"c{t}{c} = fmadd(c{t}{c}, b, v{c})" for c in range(NV)) + " }")
-            L.append("          vj += vRow; " + "; ".join(f"pj{t} += pRow" for t in act))
+                L.append(f"          do {{ let b = Lane(repeating: pj[{t} * (1 - laneWidth)]); " + "; ".join(f"c{t}{c} = fmadd(c{t}{c}, b, v{c})" for c in range(NV)) + " }")
+            L.append("          vj += vRow; pj += pRow")
             L.append("        }")
             L.append("        prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k")
             L.append("        jj += 1")
@@ -185,12 +186,12 @@ def pvn(Q, NV):
                 L.append("        var jj = j")
                 L.append("        while jj < next {")
                 L.append("          var vj = v + jj * vCol")
-                L.append("          " + "; ".join(f"var pj{t} = p{t} + jj * pStep" for t in range(lo, hi + 1)))
+                L.append("          var pj = p + jj * pStep")
                 L.append("          for _ in 0..<rows {")
                 L.append("            " + "; ".join(f"let v{c} = loadLane(vj + {c} * laneWidth)" for c in range(NV)))
                 for t in range(lo, hi + 1):
-                    L.append(f"            do {{ let b = Lane(repeating: pj{t}[0]); " + "; ".join(f"c{t}{c} = fmadd(c{t}{c}, b, v{c})" for c in range(NV)) + " }")
-                L.append("            vj += vRow; " + "; ".join(f"pj{t} += pRow" for t in range(lo, hi + 1)))
+                    L.append(f"            do {{ let b = Lane(repeating: pj[{t} * (1 - laneWidth)]); " + "; ".join(f"c{t}{c} = fmadd(c{t}{c}, b, v{c})" for c in range(NV)) + " }")
+                L.append("            vj += vRow; pj += pRow")
                 L.append("          }")
                 L.append("          prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k")
                 L.append("          jj += 1")
@@ -212,11 +213,11 @@ def pvn(Q, NV):
 
 def pvn_dispatch():
     L = []
-    L.append("  /// `pvn{queries}x{vectors}`: query t's probabilities at `p + t·pQuery` (indexed by absolute key column j")
+    L.append("  /// `pvn{queries}x{vectors}`: query t's probabilities at `p + t·(1 − laneWidth)` (indexed by absolute key column j")
     L.append("  /// and key row x as `[x·pRow + j·pStep]`), its key columns `a_t ..< e_t`, its outputs at `o + t·oStride`;")
     L.append("  /// with `direct`, query t's sums start at zero and are stored times `scale[t]`.")
     L.append("  @inline(__always)")
-    L.append("  static func pvn(queries: Int, vectors: Int, p: UnsafePointer<Float>, pQuery: Int, pStep: Int, pRow: Int,")
+    L.append("  static func pvn(queries: Int, vectors: Int, p: UnsafePointer<Float>, pStep: Int, pRow: Int,")
     L.append("                  v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int, a0: Int, e0: Int, a1: Int, e1: Int,")
     L.append("                  a2: Int, e2: Int, a3: Int, e3: Int,")
     L.append("                  o: UnsafeMutablePointer<Float>, oStride: Int, direct: Bool, scale: UnsafePointer<Float>,")
@@ -224,7 +225,7 @@ def pvn_dispatch():
     L.append("    switch (queries, vectors) {")
     for Q in NAT_QUERIES:
         for NV in NAT_VECTORS:
-            pp = ", ".join(f"p + {t} * pQuery" for t in range(Q))
+            pp = "p"
             oo = ", ".join(f"o + {t} * oStride" for t in range(Q))
             bb = ", ".join(f"a{t}: a{t}, e{t}: e{t}" for t in range(Q))
             sc = ", ".join(f"s{t}: scale[{t}]" for t in range(Q))

@@ -1002,7 +1002,7 @@ struct NeighborhoodPlan: Sendable {
                   var cb = 0
                   while cb < Dv {
                     let nv = min(4, (Dv - cb) / Lw)
-                    NeighborhoodTiles.pvn(queries: nq, vectors: nv, p: pBase, pQuery: 1 - Lw, pStep: Lw, pRow: go * Lw,
+                    NeighborhoodTiles.pvn(queries: nq, vectors: nv, p: pBase, pStep: Lw, pRow: go * Lw,
                                           v: vx + cb, vCol: vCol, vRow: vRow, rows: xr1 - xr0, a0: a0, e0: e0, a1: a1, e1: e1,
                                           a2: a2, e2: e2, a3: a3, e3: e3,
                                           o: oBase + cb, oStride: oStride, direct: direct, scale: invF + r * Lw + l,

@@ -903,13 +903,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 1 query × 1 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn1x1(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn1x1(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth)
     var k = 0
@@ -918,11 +920,11 @@ extension NeighborhoodTiles {
       let end = e0
       while jj < end {
         var vj = v + jj * vCol
-        var pj0 = p0 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth)
-          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
-          vj += vRow; pj0 += pRow
+          do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -936,13 +938,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 1 query × 2 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn1x2(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn1x2(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth)
     var k = 0
@@ -951,11 +955,11 @@ extension NeighborhoodTiles {
       let end = e0
       while jj < end {
         var vj = v + jj * vCol
-        var pj0 = p0 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-          vj += vRow; pj0 += pRow
+          do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -969,13 +973,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 1 query × 3 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn1x3(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn1x3(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth)
     var k = 0
@@ -984,11 +990,11 @@ extension NeighborhoodTiles {
       let end = e0
       while jj < end {
         var vj = v + jj * vCol
-        var pj0 = p0 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-          vj += vRow; pj0 += pRow
+          do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -1002,13 +1008,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 1 query × 4 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn1x4(_ p0: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn1x4(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, _ o0: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth); var c03 = direct ? Lane() : loadLane(o0 + 3 * laneWidth)
     var k = 0
@@ -1017,11 +1025,11 @@ extension NeighborhoodTiles {
       let end = e0
       while jj < end {
         var vj = v + jj * vCol
-        var pj0 = p0 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-          vj += vRow; pj0 += pRow
+          do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -1035,13 +1043,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 2 queries × 1 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn2x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn2x1(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth)
     var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth)
@@ -1051,11 +1061,11 @@ extension NeighborhoodTiles {
       let end = min(a1, e0)
       while jj < end {
         var vj = v + jj * vCol
-        var pj0 = p0 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth)
-          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
-          vj += vRow; pj0 += pRow
+          do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -1066,12 +1076,12 @@ extension NeighborhoodTiles {
       let end = e0
       while jj < end {
         var vj = v + jj * vCol
-        var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth)
-          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
-          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
-          vj += vRow; pj0 += pRow; pj1 += pRow
+          do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0) }
+          do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -1082,11 +1092,11 @@ extension NeighborhoodTiles {
       let end = e1
       while jj < end {
         var vj = v + jj * vCol
-        var pj1 = p1 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth)
-          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
-          vj += vRow; pj1 += pRow
+          do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -1102,13 +1112,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 2 queries × 2 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn2x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn2x2(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth)
     var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth)
@@ -1118,11 +1130,11 @@ extension NeighborhoodTiles {
       let end = min(a1, e0)
       while jj < end {
         var vj = v + jj * vCol
-        var pj0 = p0 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-          vj += vRow; pj0 += pRow
+          do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -1133,12 +1145,12 @@ extension NeighborhoodTiles {
       let end = e0
       while jj < end {
         var vj = v + jj * vCol
-        var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-          vj += vRow; pj0 += pRow; pj1 += pRow
+          do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+          do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -1149,11 +1161,11 @@ extension NeighborhoodTiles {
       let end = e1
       while jj < end {
         var vj = v + jj * vCol
-        var pj1 = p1 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-          vj += vRow; pj1 += pRow
+          do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -1169,13 +1181,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 2 queries × 3 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn2x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn2x3(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth)
     var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth); var c12 = direct ? Lane() : loadLane(o1 + 2 * laneWidth)
@@ -1185,11 +1199,11 @@ extension NeighborhoodTiles {
       let end = min(a1, e0)
       while jj < end {
         var vj = v + jj * vCol
-        var pj0 = p0 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-          vj += vRow; pj0 += pRow
+          do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -1200,12 +1214,12 @@ extension NeighborhoodTiles {
       let end = e0
       while jj < end {
         var vj = v + jj * vCol
-        var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-          vj += vRow; pj0 += pRow; pj1 += pRow
+          do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+          do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -1216,11 +1230,11 @@ extension NeighborhoodTiles {
       let end = e1
       while jj < end {
         var vj = v + jj * vCol
-        var pj1 = p1 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-          vj += vRow; pj1 += pRow
+          do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -1236,13 +1250,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 2 queries × 4 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn2x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn2x4(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth); var c03 = direct ? Lane() : loadLane(o0 + 3 * laneWidth)
     var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth); var c12 = direct ? Lane() : loadLane(o1 + 2 * laneWidth); var c13 = direct ? Lane() : loadLane(o1 + 3 * laneWidth)
@@ -1252,11 +1268,11 @@ extension NeighborhoodTiles {
       let end = min(a1, e0)
       while jj < end {
         var vj = v + jj * vCol
-        var pj0 = p0 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-          vj += vRow; pj0 += pRow
+          do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -1267,12 +1283,12 @@ extension NeighborhoodTiles {
       let end = e0
       while jj < end {
         var vj = v + jj * vCol
-        var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-          do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-          vj += vRow; pj0 += pRow; pj1 += pRow
+          do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+          do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -1283,11 +1299,11 @@ extension NeighborhoodTiles {
       let end = e1
       while jj < end {
         var vj = v + jj * vCol
-        var pj1 = p1 + jj * pStep
+        var pj = p + jj * pStep
         for _ in 0..<rows {
           let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-          do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-          vj += vRow; pj1 += pRow
+          do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+          vj += vRow; pj += pRow
         }
         prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
         jj += 1
@@ -1303,13 +1319,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 3 queries × 1 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn3x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn3x1(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth)
     var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth)
@@ -1326,11 +1344,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
-            vj += vRow; pj0 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1339,12 +1357,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
-            vj += vRow; pj0 += pRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1353,13 +1371,13 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
-            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1368,11 +1386,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
-            vj += vRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1381,12 +1399,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
-            vj += vRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1395,11 +1413,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
-            vj += vRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1420,13 +1438,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 3 queries × 2 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn3x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn3x2(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth)
     var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth)
@@ -1443,11 +1463,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-            vj += vRow; pj0 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1456,12 +1476,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            vj += vRow; pj0 += pRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1470,13 +1490,13 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1485,11 +1505,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            vj += vRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1498,12 +1518,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            vj += vRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1512,11 +1532,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            vj += vRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1537,13 +1557,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 3 queries × 3 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn3x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn3x3(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth)
     var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth); var c12 = direct ? Lane() : loadLane(o1 + 2 * laneWidth)
@@ -1560,11 +1582,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-            vj += vRow; pj0 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1573,12 +1595,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            vj += vRow; pj0 += pRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1587,13 +1609,13 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1602,11 +1624,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            vj += vRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1615,12 +1637,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            vj += vRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1629,11 +1651,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            vj += vRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1654,13 +1676,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 3 queries × 4 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn3x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn3x4(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth); var c03 = direct ? Lane() : loadLane(o0 + 3 * laneWidth)
     var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth); var c12 = direct ? Lane() : loadLane(o1 + 2 * laneWidth); var c13 = direct ? Lane() : loadLane(o1 + 3 * laneWidth)
@@ -1677,11 +1701,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-            vj += vRow; pj0 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1690,12 +1714,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            vj += vRow; pj0 += pRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1704,13 +1728,13 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1719,11 +1743,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            vj += vRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1732,12 +1756,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            vj += vRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1746,11 +1770,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            vj += vRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1771,13 +1795,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 4 queries × 1 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn4x1(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn4x1(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, s3: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth)
     var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth)
@@ -1795,11 +1821,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
-            vj += vRow; pj0 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1808,12 +1834,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
-            vj += vRow; pj0 += pRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1822,13 +1848,13 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
-            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1837,14 +1863,14 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0) }
-            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0) }
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1853,11 +1879,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
-            vj += vRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1866,12 +1892,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
-            vj += vRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1880,13 +1906,13 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0) }
-            vj += vRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0) }
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1895,11 +1921,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
-            vj += vRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1908,12 +1934,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0) }
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0) }
-            vj += vRow; pj2 += pRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0) }
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1922,11 +1948,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth)
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0) }
-            vj += vRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1949,13 +1975,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 4 queries × 2 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn4x2(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn4x2(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, s3: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth)
     var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth)
@@ -1973,11 +2001,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-            vj += vRow; pj0 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -1986,12 +2014,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            vj += vRow; pj0 += pRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2000,13 +2028,13 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2015,14 +2043,14 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
-            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2031,11 +2059,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            vj += vRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2044,12 +2072,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            vj += vRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2058,13 +2086,13 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
-            vj += vRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2073,11 +2101,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            vj += vRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2086,12 +2114,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
-            vj += vRow; pj2 += pRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1) }
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2100,11 +2128,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
-            vj += vRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2127,13 +2155,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 4 queries × 3 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn4x3(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn4x3(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, s3: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth)
     var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth); var c12 = direct ? Lane() : loadLane(o1 + 2 * laneWidth)
@@ -2151,11 +2181,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-            vj += vRow; pj0 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2164,12 +2194,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            vj += vRow; pj0 += pRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2178,13 +2208,13 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2193,14 +2223,14 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
-            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2209,11 +2239,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            vj += vRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2222,12 +2252,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            vj += vRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2236,13 +2266,13 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
-            vj += vRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2251,11 +2281,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            vj += vRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2264,12 +2294,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
-            vj += vRow; pj2 += pRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2) }
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2278,11 +2308,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth)
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
-            vj += vRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2305,13 +2335,15 @@ extension NeighborhoodTiles {
   }
 
   /// Natural-layout value update of 4 queries × 4 channel vector(s), over `rows` key rows:
-  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p_t[x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`.
+  /// `o_t[c] += Σ_x Σ_{j ∈ a_t..<e_t} p[t·(1 − laneWidth) + x·pRow + j·pStep] · V[x·vRow + j·vCol + c·laneWidth ..< … + laneWidth]`
+  /// (query t's probabilities are lane t of the score vectors, shifted by one vector per query: one
+  /// pointer with constant offsets, where a pointer per query cost an add each per key row, 2–3%).
   /// Issues one L2 prefetch from `pf` per key column (index clamped to `pfLast`). With `direct`, the
   /// accumulators start at zero (not from `o_t`) and are stored times `s_t`: the final output
   /// when this call covers query t's whole window (one softmax chunk), written with non-temporal
   /// stores (`o_t` aligned to a lane vector; the caller fences).
   @inline(__always)
-  static func pvn4x4(_ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, _ p2: UnsafePointer<Float>, _ p3: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
+  static func pvn4x4(_ p: UnsafePointer<Float>, pStep: Int, pRow: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int,
                       a0: Int, e0: Int, a1: Int, e1: Int, a2: Int, e2: Int, a3: Int, e3: Int, _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>, _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>, direct: Bool, s0: Float, s1: Float, s2: Float, s3: Float, pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     var c00 = direct ? Lane() : loadLane(o0 + 0 * laneWidth); var c01 = direct ? Lane() : loadLane(o0 + 1 * laneWidth); var c02 = direct ? Lane() : loadLane(o0 + 2 * laneWidth); var c03 = direct ? Lane() : loadLane(o0 + 3 * laneWidth)
     var c10 = direct ? Lane() : loadLane(o1 + 0 * laneWidth); var c11 = direct ? Lane() : loadLane(o1 + 1 * laneWidth); var c12 = direct ? Lane() : loadLane(o1 + 2 * laneWidth); var c13 = direct ? Lane() : loadLane(o1 + 3 * laneWidth)
@@ -2329,11 +2361,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-            vj += vRow; pj0 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2342,12 +2374,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            vj += vRow; pj0 += pRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2356,13 +2388,13 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2371,14 +2403,14 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj0 = p0 + jj * pStep; var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj0[0]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
-            vj += vRow; pj0 += pRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[0 * (1 - laneWidth)]); c00 = fmadd(c00, b, v0); c01 = fmadd(c01, b, v1); c02 = fmadd(c02, b, v2); c03 = fmadd(c03, b, v3) }
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2387,11 +2419,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            vj += vRow; pj1 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2400,12 +2432,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            vj += vRow; pj1 += pRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2414,13 +2446,13 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj1 = p1 + jj * pStep; var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj1[0]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
-            vj += vRow; pj1 += pRow; pj2 += pRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[1 * (1 - laneWidth)]); c10 = fmadd(c10, b, v0); c11 = fmadd(c11, b, v1); c12 = fmadd(c12, b, v2); c13 = fmadd(c13, b, v3) }
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2429,11 +2461,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj2 = p2 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            vj += vRow; pj2 += pRow
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2442,12 +2474,12 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj2 = p2 + jj * pStep; var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj2[0]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
-            vj += vRow; pj2 += pRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[2 * (1 - laneWidth)]); c20 = fmadd(c20, b, v0); c21 = fmadd(c21, b, v1); c22 = fmadd(c22, b, v2); c23 = fmadd(c23, b, v3) }
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2456,11 +2488,11 @@ extension NeighborhoodTiles {
         var jj = j
         while jj < next {
           var vj = v + jj * vCol
-          var pj3 = p3 + jj * pStep
+          var pj = p + jj * pStep
           for _ in 0..<rows {
             let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
-            do { let b = Lane(repeating: pj3[0]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
-            vj += vRow; pj3 += pRow
+            do { let b = Lane(repeating: pj[3 * (1 - laneWidth)]); c30 = fmadd(c30, b, v0); c31 = fmadd(c31, b, v1); c32 = fmadd(c32, b, v2); c33 = fmadd(c33, b, v3) }
+            vj += vRow; pj += pRow
           }
           prefetchL2(pf[k]); k = k < pfLast ? k + 1 : k
           jj += 1
@@ -2482,47 +2514,47 @@ extension NeighborhoodTiles {
     }
   }
 
-  /// `pvn{queries}x{vectors}`: query t's probabilities at `p + t·pQuery` (indexed by absolute key column j
+  /// `pvn{queries}x{vectors}`: query t's probabilities at `p + t·(1 − laneWidth)` (indexed by absolute key column j
   /// and key row x as `[x·pRow + j·pStep]`), its key columns `a_t ..< e_t`, its outputs at `o + t·oStride`;
   /// with `direct`, query t's sums start at zero and are stored times `scale[t]`.
   @inline(__always)
-  static func pvn(queries: Int, vectors: Int, p: UnsafePointer<Float>, pQuery: Int, pStep: Int, pRow: Int,
+  static func pvn(queries: Int, vectors: Int, p: UnsafePointer<Float>, pStep: Int, pRow: Int,
                   v: UnsafePointer<Float>, vCol: Int, vRow: Int, rows: Int, a0: Int, e0: Int, a1: Int, e1: Int,
                   a2: Int, e2: Int, a3: Int, e3: Int,
                   o: UnsafeMutablePointer<Float>, oStride: Int, direct: Bool, scale: UnsafePointer<Float>,
                   pf: UnsafePointer<UnsafeRawPointer>, pfLast: Int) {
     switch (queries, vectors) {
-    case (1, 1): pvn1x1(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride,
+    case (1, 1): pvn1x1(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride,
                       direct: direct, s0: scale[0], pf: pf, pfLast: pfLast)
-    case (1, 2): pvn1x2(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride,
+    case (1, 2): pvn1x2(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride,
                       direct: direct, s0: scale[0], pf: pf, pfLast: pfLast)
-    case (1, 3): pvn1x3(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride,
+    case (1, 3): pvn1x3(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride,
                       direct: direct, s0: scale[0], pf: pf, pfLast: pfLast)
-    case (1, 4): pvn1x4(p + 0 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride,
+    case (1, 4): pvn1x4(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, o + 0 * oStride,
                       direct: direct, s0: scale[0], pf: pf, pfLast: pfLast)
-    case (2, 1): pvn2x1(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride,
+    case (2, 1): pvn2x1(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride,
                       direct: direct, s0: scale[0], s1: scale[1], pf: pf, pfLast: pfLast)
-    case (2, 2): pvn2x2(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride,
+    case (2, 2): pvn2x2(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride,
                       direct: direct, s0: scale[0], s1: scale[1], pf: pf, pfLast: pfLast)
-    case (2, 3): pvn2x3(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride,
+    case (2, 3): pvn2x3(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride,
                       direct: direct, s0: scale[0], s1: scale[1], pf: pf, pfLast: pfLast)
-    case (2, 4): pvn2x4(p + 0 * pQuery, p + 1 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride,
+    case (2, 4): pvn2x4(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, o + 0 * oStride, o + 1 * oStride,
                       direct: direct, s0: scale[0], s1: scale[1], pf: pf, pfLast: pfLast)
-    case (3, 1): pvn3x1(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride,
+    case (3, 1): pvn3x1(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride,
                       direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], pf: pf, pfLast: pfLast)
-    case (3, 2): pvn3x2(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride,
+    case (3, 2): pvn3x2(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride,
                       direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], pf: pf, pfLast: pfLast)
-    case (3, 3): pvn3x3(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride,
+    case (3, 3): pvn3x3(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride,
                       direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], pf: pf, pfLast: pfLast)
-    case (3, 4): pvn3x4(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride,
+    case (3, 4): pvn3x4(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride,
                       direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], pf: pf, pfLast: pfLast)
-    case (4, 1): pvn4x1(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride,
+    case (4, 1): pvn4x1(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride,
                       direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], s3: scale[3], pf: pf, pfLast: pfLast)
-    case (4, 2): pvn4x2(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride,
+    case (4, 2): pvn4x2(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride,
                       direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], s3: scale[3], pf: pf, pfLast: pfLast)
-    case (4, 3): pvn4x3(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride,
+    case (4, 3): pvn4x3(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride,
                       direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], s3: scale[3], pf: pf, pfLast: pfLast)
-    case (4, 4): pvn4x4(p + 0 * pQuery, p + 1 * pQuery, p + 2 * pQuery, p + 3 * pQuery, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride,
+    case (4, 4): pvn4x4(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, a0: a0, e0: e0, a1: a1, e1: e1, a2: a2, e2: e2, a3: a3, e3: e3, o + 0 * oStride, o + 1 * oStride, o + 2 * oStride, o + 3 * oStride,
                       direct: direct, s0: scale[0], s1: scale[1], s2: scale[2], s3: scale[3], pf: pf, pfLast: pfLast)
     default: preconditionFailure("no natural neighborhood tile \(queries)x\(vectors)")
     }
