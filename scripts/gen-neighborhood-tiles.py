@@ -237,6 +237,93 @@ def pvn_dispatch():
     return L
 
 
+SLIDE_WIDTHS = list(range(2, 14))
+SLIDE_VECTORS = [1, 2]
+
+
+def pvs(K, NV):
+    """Sliding value step for one query row of a strip: `count` consecutive queries whose windows
+    along the lanes axis are all `K` key columns at the same offset (query n sees columns
+    n ..< n + K of the call's column origin). One pass over the columns keeps K queries' sums in
+    registers, K × NV vectors, in slots n mod K: at column m query m enters (its slot is zeroed)
+    and query m − K + 1 leaves (its slot is scaled and stored), so every FMA is a pair some query
+    attends, with no per-query window bookkeeping. The slots of queries outside 0 ..< count (the
+    first and last K − 1 columns) are computed and dropped."""
+    L = []
+    L.append(f"  /// Sliding value step, windows of {K} key columns, {NV} channel vector(s): for n < `count`,")
+    L.append("  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`")
+    L.append("  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1")
+    L.append("  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller")
+    L.append("  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.")
+    L.append("  @inline(__always)")
+    L.append(f"  static func pvs{K}x{NV}(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,")
+    L.append("                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {")
+    L.append("    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in")
+    L.append("    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).")
+    L.append("    let q1 = slideStride - 1")
+    for s_ in range(K):
+        L.append("    " + "; ".join(f"var a{s_}{c} = Lane()" for c in range(NV)))
+    L.append(f"    let columns = count + {K - 1}")
+    L.append("    var m0 = 0")
+    L.append("    columns: while m0 < columns {")
+    for u in range(K):
+        L.append(f"      do {{")
+        L.append(f"        let m = m0 + {u}")
+        L.append("        if m >= columns { break columns }")
+        L.append("        " + "; ".join(f"a{u}{c} = Lane()" for c in range(NV)))
+        L.append("        var vj = v + m * vCol")
+        L.append("        var pj = p + m")
+        L.append("        for _ in 0..<rows {")
+        L.append("          " + "; ".join(f"let v{c} = loadLane(vj + {c} * laneWidth)" for c in range(NV)))
+        for s_ in range(K):
+            g = (u - s_) % K
+            off = "0" if g == 0 else ("q1" if g == 1 else f"{g} * q1")
+            L.append(f"          do {{ let b = Lane(repeating: pj[{off}]); " + "; ".join(f"a{s_}{c} = fmadd(a{s_}{c}, b, v{c})" for c in range(NV)) + " }")
+        L.append("          vj += vRow; pj += xs")
+        L.append("        }")
+        out_slot = (u + 1) % K
+        L.append(f"        let n = m - {K - 1}")
+        L.append("        if n >= 0 {")
+        L.append("          let s = Lane(repeating: scale[n]), on = o + n * oStep")
+        L.append("          " + "; ".join(f"streamLane(a{out_slot}{c} * s, on + {c} * laneWidth)" for c in range(NV)))
+        L.append("        }")
+        L.append("      }")
+    L.append(f"      m0 += {K}")
+    L.append("    }")
+    L.append("  }")
+    return L
+
+
+def pvs_dispatch():
+    L = []
+    L.append("  /// Whether ``pvs(width:vectors:_:xs:v:vCol:vRow:rows:count:_:oStep:scale:)`` has a tile for windows of")
+    L.append("  /// `width` key columns.")
+    L.append("  static func hasSlidingTile(width: Int) -> Bool {")
+    L.append(f"    width >= {SLIDE_WIDTHS[0]} && width <= {SLIDE_WIDTHS[-1]}")
+    L.append("  }")
+    L.append("")
+    L.append("  /// Floats between the offsets of the sliding step's probabilities: a strip's query columns")
+    L.append("  /// (at most 128 with a sliding tile, see ``NeighborhoodAttention/stripWidth(lastAxis:)``) and a")
+    L.append("  /// margin of 16 either side. A constant, so that the K offsets are constant displacements of")
+    L.append("  /// one pointer (as a variable, the compiler chained an add per offset and spilled).")
+    L.append("  static let slideStride = 160")
+    L.append("")
+    L.append("  /// `pvs{width}x{vectors}`.")
+    L.append("  @inline(__always)")
+    L.append("  static func pvs(width: Int, vectors: Int, _ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>,")
+    L.append("                  vCol: Int, vRow: Int, rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int,")
+    L.append("                  scale: UnsafePointer<Float>) {")
+    L.append("    switch (width, vectors) {")
+    for K in SLIDE_WIDTHS:
+        for NV in SLIDE_VECTORS:
+            L.append(f"    case ({K}, {NV}): pvs{K}x{NV}(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,")
+            L.append("                           oStep: oStep, scale: scale)")
+    L.append("    default: preconditionFailure(\"no sliding neighborhood tile \\(width)x\\(vectors)\")")
+    L.append("    }")
+    L.append("  }")
+    return L
+
+
 def dispatch(kind):
     """The switch over the generated tiles of `kind`: "qk", "qkc" (centred score tiles) or "pv"."""
     L = []
@@ -307,6 +394,12 @@ def main():
             out += pvn(Q, NV)
             out.append("")
     out += pvn_dispatch()
+    out.append("")
+    for K in SLIDE_WIDTHS:
+        for NV in SLIDE_VECTORS:
+            out += pvs(K, NV)
+            out.append("")
+    out += pvs_dispatch()
     out.append("}")
     out.append("")
     out.append("#if SUBQ_AVX512")

@@ -26,7 +26,14 @@ import SubqKernels
 /// a time with their output channels in registers over every key row they see (each probability a
 /// broadcast lane of the score vectors), and writes O rows directly as whole cache lines with
 /// non-temporal stores (no read of the line first), so V and O need no transposition; otherwise V is
-/// packed transposed like K and O is transposed back. Border lanes, whose windows are shifted, are handled by
+/// packed transposed like K and O is transposed back. When a band's tiles each need one softmax
+/// chunk (a single plane of keys on axis 0 and a window of at most 13 columns on the lanes axis,
+/// e.g. 2-D 7×7), the value step of the queries whose windows on that axis are neither shifted nor
+/// cut by the grid's edges is deferred: their tiles leave the probabilities in a band buffer, and
+/// one pass per grid row slides along the strip with the k in-flight queries' sums in registers
+/// (query n enters at its first key column and leaves, scaled and stored, after its last), so each
+/// V load serves k queries and no FMA is spent outside a window but at the strip's two ends (a
+/// group of four queries sees 10 columns for 7 keys each). Border lanes, whose windows are shifted, are handled by
 /// widening the offset range of their vector and masking per lane; interior chunks without softcap
 /// or bias skip the masking pass. Softmax is online over chunks of at most ~512 keys per query (one
 /// chunk for 2-D 7×7); scores are kept in log2 units as in ``FlashAttention``. The last grid axis
@@ -61,7 +68,8 @@ import SubqKernels
 ///   extra memory, D' = D when V is read as stored (Dv a whole number of lane vectors) and D + Dv
 ///   otherwise, w' ≈ w + 2·16 + k₂ the padded packed-row length, independent of the grid width
 ///   (e.g. 0.4 MB per worker for D = Dv = 64, 7×7 on AVX-512: 9 packed K rows of 64 channels × 176
-///   floats), plus small per-worker scratch.
+///   floats), plus the sliding step's band buffer (3·(k₁ + 2)·k₂·160 floats, 0.12 MB for 7×7) and
+///   small per-worker scratch.
 public struct NeighborhoodAttention: PatternAttentionMethod {
   public static let info = MethodInfo(
     name: "neighborhood",
@@ -326,6 +334,12 @@ struct NeighborhoodPlan: Sendable {
   let naturalV: Bool
   /// Elements of V between consecutive key columns, and between consecutive key rows, of a sub-grid.
   let vCol: Int, vRow: Int
+  /// Sliding value step (``NeighborhoodTiles/pvs(width:vectors:_:xs:v:vCol:vRow:rows:count:_:oStep:scale:)``):
+  /// the window width on the lanes axis (0: not used), the window's offset for the queries whose
+  /// windows are not shifted or cut at the grid's edges, and the band's probability buffer
+  /// `[R][slotsX][width][slideStride]` (query columns of the strip from `slideMargin`, with
+  /// `slideMargin` columns either side that the step reads and drops).
+  let slideWidth: Int, slideOffset: Int, slideMargin: Int, slideStride: Int
   /// Largest rows-per-plane product, for the cache tags.
   let tagRows: Int
   /// Chunk sizes (key rows × offsets) of the online softmax.
@@ -334,7 +348,7 @@ struct NeighborhoodPlan: Sendable {
   let bias: [Float]?
   let biasStride: Int
   let scratchFloats: Int
-  let qtOff: Int, otOff: Int, sOff: Int, vecOff: Int, tOff: Int, pfOff: Int, slotOff: Int
+  let qtOff: Int, otOff: Int, sOff: Int, vecOff: Int, tOff: Int, pfOff: Int, slotOff: Int, slideOff: Int, slideSumsOff: Int
   /// Prefetch list: capacity (entries) before the padding, and the padding.
   let pfCapacity: Int, pfPad: Int
 
@@ -344,6 +358,13 @@ struct NeighborhoodPlan: Sendable {
   static let pvQueries = 4
   #else
   static let pvQueries = 2
+  #endif
+  /// Channel vectors per pass of the sliding value step: up to 13 queries × 2 on AVX-512 (29 of
+  /// 32 registers), × 1 on AVX2 and NEON (15 of 16).
+  #if SUBQ_AVX512
+  static let slideVectors = 2
+  #else
+  static let slideVectors = 1
   #endif
 
   static let log2e: Float = 1.442_695_040_888_963_4
@@ -417,6 +438,13 @@ struct NeighborhoodPlan: Sendable {
     vRow = ax1.dilation * ax2.length * p.valueRows.rowStride
     chunkO = min(2 * ax2.kernel - 1, 256)
     chunkX = min(ax1.kernel + R - 1, max(1, 512 / chunkO))
+    // The sliding value step needs one softmax chunk per tile (a single plane of keys, see
+    // `direct` in `tile`: the key rows are checked per band) and a generated tile for the width.
+    slideWidth = naturalV && ax0.kernel == 1 && NeighborhoodTiles.hasSlidingTile(width: ax2.kernel) ? ax2.kernel : 0
+    slideOffset = ax2.causal ? -(ax2.kernel - 1) : -(ax2.kernel / 2)
+    slideMargin = slideWidth == 0 ? 0 : (slideWidth - 1 + Lw - 1) / Lw * Lw
+    slideStride = NeighborhoodTiles.slideStride
+    precondition(slideWidth == 0 || stripWidth + 2 * slideMargin <= slideStride, "neighborhood: strip too wide for the sliding step")
     let b0 = 2 * ax0.kernel - 1, b1 = 2 * ax1.kernel - 1, b2 = 2 * ax2.kernel - 1
     biasStride = b0 * b1 * b2
     self.bias = bias.map { t in t.scalars.map { $0 * NeighborhoodPlan.log2e } }
@@ -438,7 +466,9 @@ struct NeighborhoodPlan: Sendable {
     pfPad = max(p.headDim, p.valueDim) + 16
     pfOff = (tOff + tFloats + 16 + 15) / 16 * 16
     slotOff = (pfOff + 2 * (pfCapacity + pfPad) + 16 + 15) / 16 * 16
-    scratchFloats = slotOff + slotsZ * slotsX * slotFloats + 16
+    slideOff = (slotOff + slotsZ * slotsX * slotFloats + 16 + 15) / 16 * 16
+    slideSumsOff = slideOff + (slideWidth == 0 ? 0 : R * slotsX * slideWidth * slideStride)
+    scratchFloats = slideSumsOff + (slideWidth == 0 ? 0 : R * slideStride) + 16
   }
 
   /// Flat sequence position of sub-grid coordinates.
@@ -551,6 +581,11 @@ struct NeighborhoodPlan: Sendable {
     let raw = UnsafeMutableRawPointer.allocate(byteCount: scratchBytes, alignment: 64)
     defer { raw.deallocate() }
     let scratchPointer = raw.bindMemory(to: Float.self, capacity: workers * scratchFloats)
+    // Except the sliding step's probability buffer: it also reads (and drops) entries no tile of
+    // the band wrote, which must at least be finite numbers.
+    for w in 0..<workers {
+      (scratchPointer + w * scratchFloats + slideOff).update(repeating: 0, count: slideSumsOff - slideOff)
+    }
     let perWorker = slotsZ * slotsX + 1  // cache tags, then the non-finite flag
     let tags = AlignedBuffer<Int>(count: workers * perWorker)
     for w in 0..<workers {
@@ -672,6 +707,8 @@ struct NeighborhoodPlan: Sendable {
     }
     let qStep = ax2.dilation * p.queryRows.rowStride, oStep = ax2.dilation * p.outputRows.rowStride
     let kStep = ax2.dilation * p.keyRows.rowStride
+    // The strip's queries whose value step slides along the strip after its tiles.
+    let even = evenQueries(s, cs..<ce)
     var check = Lane()
     var c1 = Int(it.c1Start)
     while c1 < Int(it.c1End) {
@@ -690,6 +727,9 @@ struct NeighborhoodPlan: Sendable {
           }
         }
       }
+      // Whether the band's even-window queries slide (one softmax chunk per tile: one plane of
+      // keys and at most `chunkX` key rows; see `direct` in `tile`).
+      let slide = !even.isEmpty && zCount == 1 && xHi - xLo <= chunkX
       // The next band's new key rows, prefetched a share per tile while this band computes (the
       // next band of the plane: usually the same worker's next item).
       let next = c1 + R
@@ -727,9 +767,14 @@ struct NeighborhoodPlan: Sendable {
         // (The capacity covers every line above; `queueLines` only keeps a miscount from writing
         // past the list.) The padding after the list: lines of the scratch itself (already cached).
         for i in 0..<pfPad { pf[n + i] = UnsafeRawPointer(scratch) }
+        let deferred = slide ? even.clamped(to: i0..<(i0 + laneWidth)) : i0..<i0
         tile(s, b: b, h: h, g: g, c0: c0, c1s: c1, rows: R, i0: i0, cs: cs, q: q, v: v, slots: slots, out: out, lse: lse,
-             scratch: scratch, pf: pf, pfCount: n, check: &check)
+             scratch: scratch, pf: pf, pfCount: n, deferred: (deferred.lowerBound - i0)..<(deferred.upperBound - i0), check: &check)
         t += 1
+      }
+      if slide {
+        slideRows(s, b: b, h: h, g: g, c0: c0, c1: c1, rows: R, z: zStart, xLo: xLo, queries: even, cs: cs, v: v, out: out,
+                  scratch: scratch)
       }
       c1 += R
     }
@@ -740,11 +785,54 @@ struct NeighborhoodPlan: Sendable {
     if any(c .!= c) { tags[slotsZ * slotsX] = 1 }
   }
 
+  /// The queries of `strip` (sub-grid columns) whose windows on the lanes axis are ``slideWidth``
+  /// columns at ``slideOffset``, neither shifted nor cut by the grid's edges: a contiguous run
+  /// (windows are monotone), empty without a sliding tile.
+  func evenQueries(_ s: NeighborhoodSubgrid, _ strip: Range<Int>) -> Range<Int> {
+    if slideWidth == 0 { return strip.upperBound..<strip.upperBound }
+    func even(_ c: Int) -> Bool {
+      ax2.windowCount(c) == slideWidth && ax2.windowStart(c, groupLength: s.n2) - c == slideOffset
+    }
+    var a = strip.lowerBound, e = strip.upperBound
+    while a < e && !even(a) { a += 1 }
+    while e > a && !even(e - 1) { e -= 1 }
+    return a..<e
+  }
+
+  /// The value step of a band's queries `queries` (whose windows on the lanes axis are all
+  /// ``slideWidth`` columns at ``slideOffset``), row by row, from the probabilities and 1/l their
+  /// tiles left in the band's buffer (see `tile`): one sliding pass per row and channel vectors.
+  /// Not inlined, so that `run` stays small enough for its own helpers to be inlined.
+  @inline(never)
+  func slideRows(_ s: NeighborhoodSubgrid, b: Int, h: Int, g: Int, c0: Int, c1: Int, rows R: Int, z: Int, xLo: Int,
+                 queries: Range<Int>, cs: Int, v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+                 scratch: UnsafeMutablePointer<Float>) {
+    let probs = scratch + slideOff, sums = scratch + slideSumsOff
+    let oStep = ax2.dilation * p.outputRows.rowStride
+    for r in 0..<R {
+      let x0 = ax1.windowStart(c1 + r, groupLength: s.n1)
+      let pr = probs + ((r * slotsX + x0 - xLo) * slideWidth) * slideStride + slideMargin + queries.lowerBound - cs
+      let vr = v + p.valueRows.offset(batch: b, head: g, row: position(s, z, x0, queries.lowerBound + slideOffset))
+      let or = out + p.outputRows.offset(batch: b, head: h, row: position(s, c0, c1 + r, queries.lowerBound))
+      var cb = 0
+      while cb < p.valueDim {
+        let nv = min(NeighborhoodPlan.slideVectors, (p.valueDim - cb) / laneWidth)
+        NeighborhoodTiles.pvs(width: slideWidth, vectors: nv, pr, xs: slideWidth * slideStride, v: vr + cb, vCol: vCol, vRow: vRow,
+                              rows: ax1.windowCount(c1 + r), count: queries.count, or + cb, oStep: oStep,
+                              scale: sums + r * slideStride + slideMargin + queries.lowerBound - cs)
+        cb += nv * laneWidth
+      }
+    }
+  }
+
   /// Computes one tile: `rows` grid rows from `c1s` × one lane vector of queries from `i0`, in the
-  /// strip whose first column is `cs` (the packed rows' column origin).
+  /// strip whose first column is `cs` (the packed rows' column origin). The lanes `deferred` (a
+  /// single-chunk tile's even-window queries) get no value step here: their probabilities at the
+  /// window's offsets and their 1/l go to the band buffer for ``slideRows``.
   func tile(_ s: NeighborhoodSubgrid, b: Int, h: Int, g: Int, c0: Int, c1s: Int, rows R: Int, i0: Int, cs: Int, q: UnsafePointer<Float>,
             v: UnsafePointer<Float>, slots: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
-            scratch: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfCount: Int, check: inout Lane) {
+            scratch: UnsafeMutablePointer<Float>, pf: UnsafePointer<UnsafeRawPointer>, pfCount: Int, deferred: Range<Int>,
+            check: inout Lane) {
     let Lw = laneWidth
     let real = min(Lw, s.n2 - i0)
     let D = p.headDim, Dv = p.valueDim
@@ -851,6 +939,9 @@ struct NeighborhoodPlan: Sendable {
     // One softmax chunk holds every row's whole window (e.g. 2-D 7×7): the value step starts its
     // sums at zero and writes O = sums / l straight to the output rows, with no Oᵀ scratch.
     let direct = naturalV && zCount == 1 && xHi - xLo <= gx && oHi - oLo <= go
+    // (A band slides only when its tiles are direct: windows of at most 13 columns span at most 25
+    // offsets, within one chunk.)
+    precondition(direct || deferred.isEmpty, "neighborhood: deferred value step in a multi-chunk tile")
     let oStep = ax2.dilation * p.outputRows.rowStride
     if naturalV && !direct {
       for r in 0..<R { (otF + r * Lw * Dv).update(repeating: 0, count: real * Dv) }
@@ -975,10 +1066,25 @@ struct NeighborhoodPlan: Sendable {
               if direct {
                 for r in 0..<R { invV[r] = reciprocalOfSums(lRun[r]) }
               }
+              if !deferred.isEmpty {
+                // The deferred lanes' probabilities (offsets slideOffset ..< + slideWidth, which their
+                // windows are) and 1/l go to the band's buffer, at the tile's columns; the whole
+                // vectors are copied, the other lanes' entries are never used.
+                let probs = scratch + slideOff + slideMargin + i0 - cs, sums = scratch + slideSumsOff + slideMargin + i0 - cs
+                for r in 0..<R {
+                  storeLane(invV[r], sums + r * slideStride)
+                  for x in max(xc, xStart(r))..<min(xe, xEnd(r)) {
+                    let src = st + r * sRow + (x - xc) * go + slideOffset - oc
+                    let dst = probs + ((r * slotsX + x - xLo) * slideWidth) * slideStride
+                    for g in 0..<slideWidth { storeLane(src[g], dst + g * slideStride) }
+                  }
+                }
+              }
               let invF = UnsafeMutableRawPointer(invV).assumingMemoryBound(to: Float.self)
               var l = 0
               while l < real {
-                let nq = min(NeighborhoodPlan.pvQueries, real - l)
+                if deferred.contains(l) { l = deferred.upperBound; continue }
+                let nq = min(NeighborhoodPlan.pvQueries, real - l, l < deferred.lowerBound ? deferred.lowerBound - l : Int.max)
                 // Key columns (absolute) of the group's queries within this chunk's offsets; empty
                 // (a ≥ e) for a query that sees none. Windows are monotone, so are a and e.
                 let i = i0 + l

@@ -2562,6 +2562,5204 @@ extension NeighborhoodTiles {
     default: preconditionFailure("no natural neighborhood tile \(queries)x\(vectors)")
     }
   }
+
+  /// Sliding value step, windows of 2 key columns, 1 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs2x1(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane()
+    var a10 = Lane()
+    let columns = count + 1
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 1
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 1
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth)
+        }
+      }
+      m0 += 2
+    }
+  }
+
+  /// Sliding value step, windows of 2 key columns, 2 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs2x2(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane()
+    var a10 = Lane(); var a11 = Lane()
+    let columns = count + 1
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 1
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 1
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 2
+    }
+  }
+
+  /// Sliding value step, windows of 3 key columns, 1 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs3x1(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane()
+    var a10 = Lane()
+    var a20 = Lane()
+    let columns = count + 2
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 2
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 2
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 2
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth)
+        }
+      }
+      m0 += 3
+    }
+  }
+
+  /// Sliding value step, windows of 3 key columns, 2 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs3x2(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane()
+    var a10 = Lane(); var a11 = Lane()
+    var a20 = Lane(); var a21 = Lane()
+    let columns = count + 2
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 2
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 2
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 2
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 3
+    }
+  }
+
+  /// Sliding value step, windows of 4 key columns, 1 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs4x1(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane()
+    var a10 = Lane()
+    var a20 = Lane()
+    var a30 = Lane()
+    let columns = count + 3
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 3
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 3
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 3
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 3
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth)
+        }
+      }
+      m0 += 4
+    }
+  }
+
+  /// Sliding value step, windows of 4 key columns, 2 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs4x2(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane()
+    var a10 = Lane(); var a11 = Lane()
+    var a20 = Lane(); var a21 = Lane()
+    var a30 = Lane(); var a31 = Lane()
+    let columns = count + 3
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 3
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 3
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 3
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth); streamLane(a31 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane(); a31 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 3
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 4
+    }
+  }
+
+  /// Sliding value step, windows of 5 key columns, 1 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs5x1(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane()
+    var a10 = Lane()
+    var a20 = Lane()
+    var a30 = Lane()
+    var a40 = Lane()
+    let columns = count + 4
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth)
+        }
+      }
+      m0 += 5
+    }
+  }
+
+  /// Sliding value step, windows of 5 key columns, 2 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs5x2(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane()
+    var a10 = Lane(); var a11 = Lane()
+    var a20 = Lane(); var a21 = Lane()
+    var a30 = Lane(); var a31 = Lane()
+    var a40 = Lane(); var a41 = Lane()
+    let columns = count + 4
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth); streamLane(a31 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane(); a31 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth); streamLane(a41 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane(); a41 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 5
+    }
+  }
+
+  /// Sliding value step, windows of 6 key columns, 1 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs6x1(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane()
+    var a10 = Lane()
+    var a20 = Lane()
+    var a30 = Lane()
+    var a40 = Lane()
+    var a50 = Lane()
+    let columns = count + 5
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth)
+        }
+      }
+      m0 += 6
+    }
+  }
+
+  /// Sliding value step, windows of 6 key columns, 2 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs6x2(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane()
+    var a10 = Lane(); var a11 = Lane()
+    var a20 = Lane(); var a21 = Lane()
+    var a30 = Lane(); var a31 = Lane()
+    var a40 = Lane(); var a41 = Lane()
+    var a50 = Lane(); var a51 = Lane()
+    let columns = count + 5
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth); streamLane(a31 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane(); a31 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth); streamLane(a41 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane(); a41 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth); streamLane(a51 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane(); a51 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 6
+    }
+  }
+
+  /// Sliding value step, windows of 7 key columns, 1 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs7x1(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane()
+    var a10 = Lane()
+    var a20 = Lane()
+    var a30 = Lane()
+    var a40 = Lane()
+    var a50 = Lane()
+    var a60 = Lane()
+    let columns = count + 6
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth)
+        }
+      }
+      m0 += 7
+    }
+  }
+
+  /// Sliding value step, windows of 7 key columns, 2 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs7x2(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane()
+    var a10 = Lane(); var a11 = Lane()
+    var a20 = Lane(); var a21 = Lane()
+    var a30 = Lane(); var a31 = Lane()
+    var a40 = Lane(); var a41 = Lane()
+    var a50 = Lane(); var a51 = Lane()
+    var a60 = Lane(); var a61 = Lane()
+    let columns = count + 6
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth); streamLane(a31 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane(); a31 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth); streamLane(a41 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane(); a41 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth); streamLane(a51 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane(); a51 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth); streamLane(a61 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane(); a61 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 7
+    }
+  }
+
+  /// Sliding value step, windows of 8 key columns, 1 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs8x1(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane()
+    var a10 = Lane()
+    var a20 = Lane()
+    var a30 = Lane()
+    var a40 = Lane()
+    var a50 = Lane()
+    var a60 = Lane()
+    var a70 = Lane()
+    let columns = count + 7
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a70 = fmadd(a70, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a70 = fmadd(a70, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a70 = fmadd(a70, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a70 = fmadd(a70, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a70 = fmadd(a70, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a70 = fmadd(a70, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a70 = fmadd(a70, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a70 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 7
+        if m >= columns { break columns }
+        a70 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[7 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a70 = fmadd(a70, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth)
+        }
+      }
+      m0 += 8
+    }
+  }
+
+  /// Sliding value step, windows of 8 key columns, 2 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs8x2(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane()
+    var a10 = Lane(); var a11 = Lane()
+    var a20 = Lane(); var a21 = Lane()
+    var a30 = Lane(); var a31 = Lane()
+    var a40 = Lane(); var a41 = Lane()
+    var a50 = Lane(); var a51 = Lane()
+    var a60 = Lane(); var a61 = Lane()
+    var a70 = Lane(); var a71 = Lane()
+    let columns = count + 7
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth); streamLane(a31 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane(); a31 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth); streamLane(a41 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane(); a41 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth); streamLane(a51 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane(); a51 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth); streamLane(a61 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane(); a61 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a70 * s, on + 0 * laneWidth); streamLane(a71 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 7
+        if m >= columns { break columns }
+        a70 = Lane(); a71 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[7 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 7
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 8
+    }
+  }
+
+  /// Sliding value step, windows of 9 key columns, 1 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs9x1(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane()
+    var a10 = Lane()
+    var a20 = Lane()
+    var a30 = Lane()
+    var a40 = Lane()
+    var a50 = Lane()
+    var a60 = Lane()
+    var a70 = Lane()
+    var a80 = Lane()
+    let columns = count + 8
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a80 = fmadd(a80, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a80 = fmadd(a80, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a80 = fmadd(a80, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a80 = fmadd(a80, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a80 = fmadd(a80, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a80 = fmadd(a80, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a80 = fmadd(a80, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a70 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 7
+        if m >= columns { break columns }
+        a70 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[7 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a80 = fmadd(a80, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a80 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 8
+        if m >= columns { break columns }
+        a80 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[8 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a80 = fmadd(a80, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth)
+        }
+      }
+      m0 += 9
+    }
+  }
+
+  /// Sliding value step, windows of 9 key columns, 2 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs9x2(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane()
+    var a10 = Lane(); var a11 = Lane()
+    var a20 = Lane(); var a21 = Lane()
+    var a30 = Lane(); var a31 = Lane()
+    var a40 = Lane(); var a41 = Lane()
+    var a50 = Lane(); var a51 = Lane()
+    var a60 = Lane(); var a61 = Lane()
+    var a70 = Lane(); var a71 = Lane()
+    var a80 = Lane(); var a81 = Lane()
+    let columns = count + 8
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth); streamLane(a31 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane(); a31 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth); streamLane(a41 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane(); a41 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth); streamLane(a51 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane(); a51 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth); streamLane(a61 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane(); a61 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a70 * s, on + 0 * laneWidth); streamLane(a71 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 7
+        if m >= columns { break columns }
+        a70 = Lane(); a71 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[7 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a80 * s, on + 0 * laneWidth); streamLane(a81 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 8
+        if m >= columns { break columns }
+        a80 = Lane(); a81 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[8 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 8
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 9
+    }
+  }
+
+  /// Sliding value step, windows of 10 key columns, 1 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs10x1(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane()
+    var a10 = Lane()
+    var a20 = Lane()
+    var a30 = Lane()
+    var a40 = Lane()
+    var a50 = Lane()
+    var a60 = Lane()
+    var a70 = Lane()
+    var a80 = Lane()
+    var a90 = Lane()
+    let columns = count + 9
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a90 = fmadd(a90, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a90 = fmadd(a90, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a90 = fmadd(a90, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a90 = fmadd(a90, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a90 = fmadd(a90, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a90 = fmadd(a90, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a90 = fmadd(a90, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a70 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 7
+        if m >= columns { break columns }
+        a70 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[7 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a90 = fmadd(a90, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a80 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 8
+        if m >= columns { break columns }
+        a80 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[8 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a90 = fmadd(a90, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a90 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 9
+        if m >= columns { break columns }
+        a90 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[9 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a90 = fmadd(a90, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth)
+        }
+      }
+      m0 += 10
+    }
+  }
+
+  /// Sliding value step, windows of 10 key columns, 2 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs10x2(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane()
+    var a10 = Lane(); var a11 = Lane()
+    var a20 = Lane(); var a21 = Lane()
+    var a30 = Lane(); var a31 = Lane()
+    var a40 = Lane(); var a41 = Lane()
+    var a50 = Lane(); var a51 = Lane()
+    var a60 = Lane(); var a61 = Lane()
+    var a70 = Lane(); var a71 = Lane()
+    var a80 = Lane(); var a81 = Lane()
+    var a90 = Lane(); var a91 = Lane()
+    let columns = count + 9
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth); streamLane(a31 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane(); a31 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth); streamLane(a41 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane(); a41 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth); streamLane(a51 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane(); a51 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth); streamLane(a61 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane(); a61 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a70 * s, on + 0 * laneWidth); streamLane(a71 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 7
+        if m >= columns { break columns }
+        a70 = Lane(); a71 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[7 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a80 * s, on + 0 * laneWidth); streamLane(a81 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 8
+        if m >= columns { break columns }
+        a80 = Lane(); a81 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[8 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a90 * s, on + 0 * laneWidth); streamLane(a91 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 9
+        if m >= columns { break columns }
+        a90 = Lane(); a91 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[9 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 9
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 10
+    }
+  }
+
+  /// Sliding value step, windows of 11 key columns, 1 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs11x1(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane()
+    var a10 = Lane()
+    var a20 = Lane()
+    var a30 = Lane()
+    var a40 = Lane()
+    var a50 = Lane()
+    var a60 = Lane()
+    var a70 = Lane()
+    var a80 = Lane()
+    var a90 = Lane()
+    var a100 = Lane()
+    let columns = count + 10
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a100 = fmadd(a100, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a100 = fmadd(a100, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a100 = fmadd(a100, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a100 = fmadd(a100, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a100 = fmadd(a100, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a100 = fmadd(a100, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a100 = fmadd(a100, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a70 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 7
+        if m >= columns { break columns }
+        a70 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[7 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a100 = fmadd(a100, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a80 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 8
+        if m >= columns { break columns }
+        a80 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[8 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a100 = fmadd(a100, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a90 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 9
+        if m >= columns { break columns }
+        a90 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[9 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a100 = fmadd(a100, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a100 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 10
+        if m >= columns { break columns }
+        a100 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[10 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a100 = fmadd(a100, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth)
+        }
+      }
+      m0 += 11
+    }
+  }
+
+  /// Sliding value step, windows of 11 key columns, 2 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs11x2(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane()
+    var a10 = Lane(); var a11 = Lane()
+    var a20 = Lane(); var a21 = Lane()
+    var a30 = Lane(); var a31 = Lane()
+    var a40 = Lane(); var a41 = Lane()
+    var a50 = Lane(); var a51 = Lane()
+    var a60 = Lane(); var a61 = Lane()
+    var a70 = Lane(); var a71 = Lane()
+    var a80 = Lane(); var a81 = Lane()
+    var a90 = Lane(); var a91 = Lane()
+    var a100 = Lane(); var a101 = Lane()
+    let columns = count + 10
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth); streamLane(a31 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane(); a31 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth); streamLane(a41 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane(); a41 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth); streamLane(a51 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane(); a51 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth); streamLane(a61 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane(); a61 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a70 * s, on + 0 * laneWidth); streamLane(a71 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 7
+        if m >= columns { break columns }
+        a70 = Lane(); a71 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[7 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a80 * s, on + 0 * laneWidth); streamLane(a81 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 8
+        if m >= columns { break columns }
+        a80 = Lane(); a81 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[8 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a90 * s, on + 0 * laneWidth); streamLane(a91 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 9
+        if m >= columns { break columns }
+        a90 = Lane(); a91 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[9 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a100 * s, on + 0 * laneWidth); streamLane(a101 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 10
+        if m >= columns { break columns }
+        a100 = Lane(); a101 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[10 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 10
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 11
+    }
+  }
+
+  /// Sliding value step, windows of 12 key columns, 1 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs12x1(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane()
+    var a10 = Lane()
+    var a20 = Lane()
+    var a30 = Lane()
+    var a40 = Lane()
+    var a50 = Lane()
+    var a60 = Lane()
+    var a70 = Lane()
+    var a80 = Lane()
+    var a90 = Lane()
+    var a100 = Lane()
+    var a110 = Lane()
+    let columns = count + 11
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a110 = fmadd(a110, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a110 = fmadd(a110, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a110 = fmadd(a110, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a110 = fmadd(a110, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a110 = fmadd(a110, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a110 = fmadd(a110, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a110 = fmadd(a110, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a70 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 7
+        if m >= columns { break columns }
+        a70 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[7 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a110 = fmadd(a110, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a80 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 8
+        if m >= columns { break columns }
+        a80 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[8 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a110 = fmadd(a110, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a90 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 9
+        if m >= columns { break columns }
+        a90 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[9 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a110 = fmadd(a110, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a100 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 10
+        if m >= columns { break columns }
+        a100 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[10 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a110 = fmadd(a110, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a110 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 11
+        if m >= columns { break columns }
+        a110 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[11 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a110 = fmadd(a110, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth)
+        }
+      }
+      m0 += 12
+    }
+  }
+
+  /// Sliding value step, windows of 12 key columns, 2 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs12x2(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane()
+    var a10 = Lane(); var a11 = Lane()
+    var a20 = Lane(); var a21 = Lane()
+    var a30 = Lane(); var a31 = Lane()
+    var a40 = Lane(); var a41 = Lane()
+    var a50 = Lane(); var a51 = Lane()
+    var a60 = Lane(); var a61 = Lane()
+    var a70 = Lane(); var a71 = Lane()
+    var a80 = Lane(); var a81 = Lane()
+    var a90 = Lane(); var a91 = Lane()
+    var a100 = Lane(); var a101 = Lane()
+    var a110 = Lane(); var a111 = Lane()
+    let columns = count + 11
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth); streamLane(a31 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane(); a31 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth); streamLane(a41 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane(); a41 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth); streamLane(a51 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane(); a51 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth); streamLane(a61 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane(); a61 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a70 * s, on + 0 * laneWidth); streamLane(a71 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 7
+        if m >= columns { break columns }
+        a70 = Lane(); a71 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[7 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a80 * s, on + 0 * laneWidth); streamLane(a81 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 8
+        if m >= columns { break columns }
+        a80 = Lane(); a81 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[8 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a90 * s, on + 0 * laneWidth); streamLane(a91 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 9
+        if m >= columns { break columns }
+        a90 = Lane(); a91 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[9 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a100 * s, on + 0 * laneWidth); streamLane(a101 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 10
+        if m >= columns { break columns }
+        a100 = Lane(); a101 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[10 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a110 * s, on + 0 * laneWidth); streamLane(a111 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 11
+        if m >= columns { break columns }
+        a110 = Lane(); a111 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[11 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 11
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 12
+    }
+  }
+
+  /// Sliding value step, windows of 13 key columns, 1 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs13x1(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane()
+    var a10 = Lane()
+    var a20 = Lane()
+    var a30 = Lane()
+    var a40 = Lane()
+    var a50 = Lane()
+    var a60 = Lane()
+    var a70 = Lane()
+    var a80 = Lane()
+    var a90 = Lane()
+    var a100 = Lane()
+    var a110 = Lane()
+    var a120 = Lane()
+    let columns = count + 12
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[12 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a110 = fmadd(a110, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a120 = fmadd(a120, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[12 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a110 = fmadd(a110, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a120 = fmadd(a120, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[12 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a110 = fmadd(a110, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a120 = fmadd(a120, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[12 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a110 = fmadd(a110, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a120 = fmadd(a120, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[12 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a110 = fmadd(a110, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a120 = fmadd(a120, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[12 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a110 = fmadd(a110, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a120 = fmadd(a120, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[12 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a110 = fmadd(a110, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a120 = fmadd(a120, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a70 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 7
+        if m >= columns { break columns }
+        a70 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[7 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[12 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a110 = fmadd(a110, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a120 = fmadd(a120, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a80 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 8
+        if m >= columns { break columns }
+        a80 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[8 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[12 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a110 = fmadd(a110, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a120 = fmadd(a120, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a90 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 9
+        if m >= columns { break columns }
+        a90 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[9 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[12 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a110 = fmadd(a110, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a120 = fmadd(a120, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a100 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 10
+        if m >= columns { break columns }
+        a100 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[10 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[12 * q1]); a110 = fmadd(a110, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a120 = fmadd(a120, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a110 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 11
+        if m >= columns { break columns }
+        a110 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[11 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a110 = fmadd(a110, b, v0) }
+          do { let b = Lane(repeating: pj[12 * q1]); a120 = fmadd(a120, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a120 * s, on + 0 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 12
+        if m >= columns { break columns }
+        a120 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth)
+          do { let b = Lane(repeating: pj[12 * q1]); a00 = fmadd(a00, b, v0) }
+          do { let b = Lane(repeating: pj[11 * q1]); a10 = fmadd(a10, b, v0) }
+          do { let b = Lane(repeating: pj[10 * q1]); a20 = fmadd(a20, b, v0) }
+          do { let b = Lane(repeating: pj[9 * q1]); a30 = fmadd(a30, b, v0) }
+          do { let b = Lane(repeating: pj[8 * q1]); a40 = fmadd(a40, b, v0) }
+          do { let b = Lane(repeating: pj[7 * q1]); a50 = fmadd(a50, b, v0) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0) }
+          do { let b = Lane(repeating: pj[5 * q1]); a70 = fmadd(a70, b, v0) }
+          do { let b = Lane(repeating: pj[4 * q1]); a80 = fmadd(a80, b, v0) }
+          do { let b = Lane(repeating: pj[3 * q1]); a90 = fmadd(a90, b, v0) }
+          do { let b = Lane(repeating: pj[2 * q1]); a100 = fmadd(a100, b, v0) }
+          do { let b = Lane(repeating: pj[q1]); a110 = fmadd(a110, b, v0) }
+          do { let b = Lane(repeating: pj[0]); a120 = fmadd(a120, b, v0) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth)
+        }
+      }
+      m0 += 13
+    }
+  }
+
+  /// Sliding value step, windows of 13 key columns, 2 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs13x2(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane()
+    var a10 = Lane(); var a11 = Lane()
+    var a20 = Lane(); var a21 = Lane()
+    var a30 = Lane(); var a31 = Lane()
+    var a40 = Lane(); var a41 = Lane()
+    var a50 = Lane(); var a51 = Lane()
+    var a60 = Lane(); var a61 = Lane()
+    var a70 = Lane(); var a71 = Lane()
+    var a80 = Lane(); var a81 = Lane()
+    var a90 = Lane(); var a91 = Lane()
+    var a100 = Lane(); var a101 = Lane()
+    var a110 = Lane(); var a111 = Lane()
+    var a120 = Lane(); var a121 = Lane()
+    let columns = count + 12
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[12 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a120 = fmadd(a120, b, v0); a121 = fmadd(a121, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[12 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a120 = fmadd(a120, b, v0); a121 = fmadd(a121, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[12 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a120 = fmadd(a120, b, v0); a121 = fmadd(a121, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth); streamLane(a31 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane(); a31 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[12 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a120 = fmadd(a120, b, v0); a121 = fmadd(a121, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth); streamLane(a41 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane(); a41 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[12 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a120 = fmadd(a120, b, v0); a121 = fmadd(a121, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth); streamLane(a51 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane(); a51 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[12 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a120 = fmadd(a120, b, v0); a121 = fmadd(a121, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth); streamLane(a61 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane(); a61 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[12 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a120 = fmadd(a120, b, v0); a121 = fmadd(a121, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a70 * s, on + 0 * laneWidth); streamLane(a71 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 7
+        if m >= columns { break columns }
+        a70 = Lane(); a71 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[7 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[12 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a120 = fmadd(a120, b, v0); a121 = fmadd(a121, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a80 * s, on + 0 * laneWidth); streamLane(a81 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 8
+        if m >= columns { break columns }
+        a80 = Lane(); a81 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[8 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[12 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a120 = fmadd(a120, b, v0); a121 = fmadd(a121, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a90 * s, on + 0 * laneWidth); streamLane(a91 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 9
+        if m >= columns { break columns }
+        a90 = Lane(); a91 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[9 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[12 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a120 = fmadd(a120, b, v0); a121 = fmadd(a121, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a100 * s, on + 0 * laneWidth); streamLane(a101 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 10
+        if m >= columns { break columns }
+        a100 = Lane(); a101 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[10 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[12 * q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a120 = fmadd(a120, b, v0); a121 = fmadd(a121, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a110 * s, on + 0 * laneWidth); streamLane(a111 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 11
+        if m >= columns { break columns }
+        a110 = Lane(); a111 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[11 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          do { let b = Lane(repeating: pj[12 * q1]); a120 = fmadd(a120, b, v0); a121 = fmadd(a121, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a120 * s, on + 0 * laneWidth); streamLane(a121 * s, on + 1 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 12
+        if m >= columns { break columns }
+        a120 = Lane(); a121 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth)
+          do { let b = Lane(repeating: pj[12 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1) }
+          do { let b = Lane(repeating: pj[11 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1) }
+          do { let b = Lane(repeating: pj[10 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1) }
+          do { let b = Lane(repeating: pj[9 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1) }
+          do { let b = Lane(repeating: pj[8 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1) }
+          do { let b = Lane(repeating: pj[7 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1) }
+          do { let b = Lane(repeating: pj[5 * q1]); a70 = fmadd(a70, b, v0); a71 = fmadd(a71, b, v1) }
+          do { let b = Lane(repeating: pj[4 * q1]); a80 = fmadd(a80, b, v0); a81 = fmadd(a81, b, v1) }
+          do { let b = Lane(repeating: pj[3 * q1]); a90 = fmadd(a90, b, v0); a91 = fmadd(a91, b, v1) }
+          do { let b = Lane(repeating: pj[2 * q1]); a100 = fmadd(a100, b, v0); a101 = fmadd(a101, b, v1) }
+          do { let b = Lane(repeating: pj[q1]); a110 = fmadd(a110, b, v0); a111 = fmadd(a111, b, v1) }
+          do { let b = Lane(repeating: pj[0]); a120 = fmadd(a120, b, v0); a121 = fmadd(a121, b, v1) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 12
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 13
+    }
+  }
+
+  /// Whether ``pvs(width:vectors:_:xs:v:vCol:vRow:rows:count:_:oStep:scale:)`` has a tile for windows of
+  /// `width` key columns.
+  static func hasSlidingTile(width: Int) -> Bool {
+    width >= 2 && width <= 13
+  }
+
+  /// Floats between the offsets of the sliding step's probabilities: a strip's query columns
+  /// (at most 128 with a sliding tile, see ``NeighborhoodAttention/stripWidth(lastAxis:)``) and a
+  /// margin of 16 either side. A constant, so that the K offsets are constant displacements of
+  /// one pointer (as a variable, the compiler chained an add per offset and spilled).
+  static let slideStride = 160
+
+  /// `pvs{width}x{vectors}`.
+  @inline(__always)
+  static func pvs(width: Int, vectors: Int, _ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>,
+                  vCol: Int, vRow: Int, rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int,
+                  scale: UnsafePointer<Float>) {
+    switch (width, vectors) {
+    case (2, 1): pvs2x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (2, 2): pvs2x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (3, 1): pvs3x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (3, 2): pvs3x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (4, 1): pvs4x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (4, 2): pvs4x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (5, 1): pvs5x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (5, 2): pvs5x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (6, 1): pvs6x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (6, 2): pvs6x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (7, 1): pvs7x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (7, 2): pvs7x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (8, 1): pvs8x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (8, 2): pvs8x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (9, 1): pvs9x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (9, 2): pvs9x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (10, 1): pvs10x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (10, 2): pvs10x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (11, 1): pvs11x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (11, 2): pvs11x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (12, 1): pvs12x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (12, 2): pvs12x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (13, 1): pvs13x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (13, 2): pvs13x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    default: preconditionFailure("no sliding neighborhood tile \(width)x\(vectors)")
+    }
+  }
 }
 
 #if SUBQ_AVX512
