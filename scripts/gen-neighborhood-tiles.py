@@ -238,7 +238,12 @@ def pvn_dispatch():
 
 
 SLIDE_WIDTHS = list(range(2, 14))
-SLIDE_VECTORS = [1, 2]
+
+
+def slide_vectors(K):
+    """Channel vectors per pass of `pvs{K}x…`: 1 and 2 for every width, and 4 up to width 7
+    (see NeighborhoodPlan.slideVectors)."""
+    return [1, 2, 4] if K <= 7 else [1, 2]
 
 
 def pvs(K, NV):
@@ -315,7 +320,7 @@ def pvs_dispatch():
     L.append("                  scale: UnsafePointer<Float>) {")
     L.append("    switch (width, vectors) {")
     for K in SLIDE_WIDTHS:
-        for NV in SLIDE_VECTORS:
+        for NV in slide_vectors(K):
             L.append(f"    case ({K}, {NV}): pvs{K}x{NV}(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,")
             L.append("                           oStep: oStep, scale: scale)")
     L.append("    default: preconditionFailure(\"no sliding neighborhood tile \\(width)x\\(vectors)\")")
@@ -396,7 +401,7 @@ def main():
     out += pvn_dispatch()
     out.append("")
     for K in SLIDE_WIDTHS:
-        for NV in SLIDE_VECTORS:
+        for NV in slide_vectors(K):
             out += pvs(K, NV)
             out.append("")
     out += pvs_dispatch()

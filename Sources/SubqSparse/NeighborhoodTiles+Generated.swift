@@ -2675,6 +2675,62 @@ extension NeighborhoodTiles {
     }
   }
 
+  /// Sliding value step, windows of 2 key columns, 4 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs2x4(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane()
+    var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane()
+    let columns = count + 1
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane(); a02 = Lane(); a03 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 1
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth); streamLane(a12 * s, on + 2 * laneWidth); streamLane(a13 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane(); a12 = Lane(); a13 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 1
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth); streamLane(a02 * s, on + 2 * laneWidth); streamLane(a03 * s, on + 3 * laneWidth)
+        }
+      }
+      m0 += 2
+    }
+  }
+
   /// Sliding value step, windows of 3 key columns, 1 channel vector(s): for n < `count`,
   /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
   /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
@@ -2825,6 +2881,84 @@ extension NeighborhoodTiles {
         if n >= 0 {
           let s = Lane(repeating: scale[n]), on = o + n * oStep
           streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 3
+    }
+  }
+
+  /// Sliding value step, windows of 3 key columns, 4 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs3x4(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane()
+    var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane()
+    var a20 = Lane(); var a21 = Lane(); var a22 = Lane(); var a23 = Lane()
+    let columns = count + 2
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane(); a02 = Lane(); a03 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 2
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth); streamLane(a12 * s, on + 2 * laneWidth); streamLane(a13 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane(); a12 = Lane(); a13 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 2
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth); streamLane(a22 * s, on + 2 * laneWidth); streamLane(a23 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane(); a22 = Lane(); a23 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 2
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth); streamLane(a02 * s, on + 2 * laneWidth); streamLane(a03 * s, on + 3 * laneWidth)
         }
       }
       m0 += 3
@@ -3029,6 +3163,108 @@ extension NeighborhoodTiles {
         if n >= 0 {
           let s = Lane(repeating: scale[n]), on = o + n * oStep
           streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 4
+    }
+  }
+
+  /// Sliding value step, windows of 4 key columns, 4 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs4x4(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane()
+    var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane()
+    var a20 = Lane(); var a21 = Lane(); var a22 = Lane(); var a23 = Lane()
+    var a30 = Lane(); var a31 = Lane(); var a32 = Lane(); var a33 = Lane()
+    let columns = count + 3
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane(); a02 = Lane(); a03 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 3
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth); streamLane(a12 * s, on + 2 * laneWidth); streamLane(a13 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane(); a12 = Lane(); a13 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 3
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth); streamLane(a22 * s, on + 2 * laneWidth); streamLane(a23 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane(); a22 = Lane(); a23 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 3
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth); streamLane(a31 * s, on + 1 * laneWidth); streamLane(a32 * s, on + 2 * laneWidth); streamLane(a33 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane(); a31 = Lane(); a32 = Lane(); a33 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 3
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth); streamLane(a02 * s, on + 2 * laneWidth); streamLane(a03 * s, on + 3 * laneWidth)
         }
       }
       m0 += 4
@@ -3285,6 +3521,134 @@ extension NeighborhoodTiles {
         if n >= 0 {
           let s = Lane(repeating: scale[n]), on = o + n * oStep
           streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 5
+    }
+  }
+
+  /// Sliding value step, windows of 5 key columns, 4 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs5x4(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane()
+    var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane()
+    var a20 = Lane(); var a21 = Lane(); var a22 = Lane(); var a23 = Lane()
+    var a30 = Lane(); var a31 = Lane(); var a32 = Lane(); var a33 = Lane()
+    var a40 = Lane(); var a41 = Lane(); var a42 = Lane(); var a43 = Lane()
+    let columns = count + 4
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane(); a02 = Lane(); a03 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth); streamLane(a12 * s, on + 2 * laneWidth); streamLane(a13 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane(); a12 = Lane(); a13 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth); streamLane(a22 * s, on + 2 * laneWidth); streamLane(a23 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane(); a22 = Lane(); a23 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth); streamLane(a31 * s, on + 1 * laneWidth); streamLane(a32 * s, on + 2 * laneWidth); streamLane(a33 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane(); a31 = Lane(); a32 = Lane(); a33 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth); streamLane(a41 * s, on + 1 * laneWidth); streamLane(a42 * s, on + 2 * laneWidth); streamLane(a43 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane(); a41 = Lane(); a42 = Lane(); a43 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 4
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth); streamLane(a02 * s, on + 2 * laneWidth); streamLane(a03 * s, on + 3 * laneWidth)
         }
       }
       m0 += 5
@@ -3597,6 +3961,162 @@ extension NeighborhoodTiles {
         if n >= 0 {
           let s = Lane(repeating: scale[n]), on = o + n * oStep
           streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 6
+    }
+  }
+
+  /// Sliding value step, windows of 6 key columns, 4 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs6x4(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane()
+    var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane()
+    var a20 = Lane(); var a21 = Lane(); var a22 = Lane(); var a23 = Lane()
+    var a30 = Lane(); var a31 = Lane(); var a32 = Lane(); var a33 = Lane()
+    var a40 = Lane(); var a41 = Lane(); var a42 = Lane(); var a43 = Lane()
+    var a50 = Lane(); var a51 = Lane(); var a52 = Lane(); var a53 = Lane()
+    let columns = count + 5
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane(); a02 = Lane(); a03 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1); a52 = fmadd(a52, b, v2); a53 = fmadd(a53, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth); streamLane(a12 * s, on + 2 * laneWidth); streamLane(a13 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane(); a12 = Lane(); a13 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1); a52 = fmadd(a52, b, v2); a53 = fmadd(a53, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth); streamLane(a22 * s, on + 2 * laneWidth); streamLane(a23 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane(); a22 = Lane(); a23 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1); a52 = fmadd(a52, b, v2); a53 = fmadd(a53, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth); streamLane(a31 * s, on + 1 * laneWidth); streamLane(a32 * s, on + 2 * laneWidth); streamLane(a33 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane(); a31 = Lane(); a32 = Lane(); a33 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1); a52 = fmadd(a52, b, v2); a53 = fmadd(a53, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth); streamLane(a41 * s, on + 1 * laneWidth); streamLane(a42 * s, on + 2 * laneWidth); streamLane(a43 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane(); a41 = Lane(); a42 = Lane(); a43 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1); a52 = fmadd(a52, b, v2); a53 = fmadd(a53, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth); streamLane(a51 * s, on + 1 * laneWidth); streamLane(a52 * s, on + 2 * laneWidth); streamLane(a53 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane(); a51 = Lane(); a52 = Lane(); a53 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1); a52 = fmadd(a52, b, v2); a53 = fmadd(a53, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 5
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth); streamLane(a02 * s, on + 2 * laneWidth); streamLane(a03 * s, on + 3 * laneWidth)
         }
       }
       m0 += 6
@@ -3969,6 +4489,192 @@ extension NeighborhoodTiles {
         if n >= 0 {
           let s = Lane(repeating: scale[n]), on = o + n * oStep
           streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth)
+        }
+      }
+      m0 += 7
+    }
+  }
+
+  /// Sliding value step, windows of 7 key columns, 4 channel vector(s): for n < `count`,
+  /// `o[n·oStep + c·laneWidth ..< …] = scale[n] · Σ_x Σ_{g<K} p[x·xs + g·slideStride + n] · V[x·vRow + (n + g)·vCol + c·laneWidth ..< …]`
+  /// (probabilities `[x][g][n]`, g the offset in the window; the row of p at n − K + 1 … n + K − 1
+  /// must be readable). Stores with non-temporal stores (`o` aligned to a lane vector; the caller
+  /// fences). See ``NeighborhoodPlan`` for when the kernel takes this path.
+  @inline(__always)
+  static func pvs7x4(_ p: UnsafePointer<Float>, xs: Int, v: UnsafePointer<Float>, vCol: Int, vRow: Int,
+                     rows: Int, count: Int, _ o: UnsafeMutablePointer<Float>, oStep: Int, scale: UnsafePointer<Float>) {
+    // Slot s holds the query that entered at the last column ≡ s (mod K); at column m its offset in
+    // the window is g = (m − s) mod K, at p[m + x·xs + g·(slideStride − 1)] (constant offsets).
+    let q1 = slideStride - 1
+    var a00 = Lane(); var a01 = Lane(); var a02 = Lane(); var a03 = Lane()
+    var a10 = Lane(); var a11 = Lane(); var a12 = Lane(); var a13 = Lane()
+    var a20 = Lane(); var a21 = Lane(); var a22 = Lane(); var a23 = Lane()
+    var a30 = Lane(); var a31 = Lane(); var a32 = Lane(); var a33 = Lane()
+    var a40 = Lane(); var a41 = Lane(); var a42 = Lane(); var a43 = Lane()
+    var a50 = Lane(); var a51 = Lane(); var a52 = Lane(); var a53 = Lane()
+    var a60 = Lane(); var a61 = Lane(); var a62 = Lane(); var a63 = Lane()
+    let columns = count + 6
+    var m0 = 0
+    columns: while m0 < columns {
+      do {
+        let m = m0 + 0
+        if m >= columns { break columns }
+        a00 = Lane(); a01 = Lane(); a02 = Lane(); a03 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[0]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[6 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[5 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1); a52 = fmadd(a52, b, v2); a53 = fmadd(a53, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1); a62 = fmadd(a62, b, v2); a63 = fmadd(a63, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a10 * s, on + 0 * laneWidth); streamLane(a11 * s, on + 1 * laneWidth); streamLane(a12 * s, on + 2 * laneWidth); streamLane(a13 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 1
+        if m >= columns { break columns }
+        a10 = Lane(); a11 = Lane(); a12 = Lane(); a13 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[6 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[5 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1); a52 = fmadd(a52, b, v2); a53 = fmadd(a53, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1); a62 = fmadd(a62, b, v2); a63 = fmadd(a63, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a20 * s, on + 0 * laneWidth); streamLane(a21 * s, on + 1 * laneWidth); streamLane(a22 * s, on + 2 * laneWidth); streamLane(a23 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 2
+        if m >= columns { break columns }
+        a20 = Lane(); a21 = Lane(); a22 = Lane(); a23 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[2 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[6 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[5 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1); a52 = fmadd(a52, b, v2); a53 = fmadd(a53, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1); a62 = fmadd(a62, b, v2); a63 = fmadd(a63, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a30 * s, on + 0 * laneWidth); streamLane(a31 * s, on + 1 * laneWidth); streamLane(a32 * s, on + 2 * laneWidth); streamLane(a33 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 3
+        if m >= columns { break columns }
+        a30 = Lane(); a31 = Lane(); a32 = Lane(); a33 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[3 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[6 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          do { let b = Lane(repeating: pj[5 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1); a52 = fmadd(a52, b, v2); a53 = fmadd(a53, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1); a62 = fmadd(a62, b, v2); a63 = fmadd(a63, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a40 * s, on + 0 * laneWidth); streamLane(a41 * s, on + 1 * laneWidth); streamLane(a42 * s, on + 2 * laneWidth); streamLane(a43 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 4
+        if m >= columns { break columns }
+        a40 = Lane(); a41 = Lane(); a42 = Lane(); a43 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[4 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          do { let b = Lane(repeating: pj[6 * q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1); a52 = fmadd(a52, b, v2); a53 = fmadd(a53, b, v3) }
+          do { let b = Lane(repeating: pj[5 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1); a62 = fmadd(a62, b, v2); a63 = fmadd(a63, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a50 * s, on + 0 * laneWidth); streamLane(a51 * s, on + 1 * laneWidth); streamLane(a52 * s, on + 2 * laneWidth); streamLane(a53 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 5
+        if m >= columns { break columns }
+        a50 = Lane(); a51 = Lane(); a52 = Lane(); a53 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[5 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1); a52 = fmadd(a52, b, v2); a53 = fmadd(a53, b, v3) }
+          do { let b = Lane(repeating: pj[6 * q1]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1); a62 = fmadd(a62, b, v2); a63 = fmadd(a63, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a60 * s, on + 0 * laneWidth); streamLane(a61 * s, on + 1 * laneWidth); streamLane(a62 * s, on + 2 * laneWidth); streamLane(a63 * s, on + 3 * laneWidth)
+        }
+      }
+      do {
+        let m = m0 + 6
+        if m >= columns { break columns }
+        a60 = Lane(); a61 = Lane(); a62 = Lane(); a63 = Lane()
+        var vj = v + m * vCol
+        var pj = p + m
+        for _ in 0..<rows {
+          let v0 = loadLane(vj + 0 * laneWidth); let v1 = loadLane(vj + 1 * laneWidth); let v2 = loadLane(vj + 2 * laneWidth); let v3 = loadLane(vj + 3 * laneWidth)
+          do { let b = Lane(repeating: pj[6 * q1]); a00 = fmadd(a00, b, v0); a01 = fmadd(a01, b, v1); a02 = fmadd(a02, b, v2); a03 = fmadd(a03, b, v3) }
+          do { let b = Lane(repeating: pj[5 * q1]); a10 = fmadd(a10, b, v0); a11 = fmadd(a11, b, v1); a12 = fmadd(a12, b, v2); a13 = fmadd(a13, b, v3) }
+          do { let b = Lane(repeating: pj[4 * q1]); a20 = fmadd(a20, b, v0); a21 = fmadd(a21, b, v1); a22 = fmadd(a22, b, v2); a23 = fmadd(a23, b, v3) }
+          do { let b = Lane(repeating: pj[3 * q1]); a30 = fmadd(a30, b, v0); a31 = fmadd(a31, b, v1); a32 = fmadd(a32, b, v2); a33 = fmadd(a33, b, v3) }
+          do { let b = Lane(repeating: pj[2 * q1]); a40 = fmadd(a40, b, v0); a41 = fmadd(a41, b, v1); a42 = fmadd(a42, b, v2); a43 = fmadd(a43, b, v3) }
+          do { let b = Lane(repeating: pj[q1]); a50 = fmadd(a50, b, v0); a51 = fmadd(a51, b, v1); a52 = fmadd(a52, b, v2); a53 = fmadd(a53, b, v3) }
+          do { let b = Lane(repeating: pj[0]); a60 = fmadd(a60, b, v0); a61 = fmadd(a61, b, v1); a62 = fmadd(a62, b, v2); a63 = fmadd(a63, b, v3) }
+          vj += vRow; pj += xs
+        }
+        let n = m - 6
+        if n >= 0 {
+          let s = Lane(repeating: scale[n]), on = o + n * oStep
+          streamLane(a00 * s, on + 0 * laneWidth); streamLane(a01 * s, on + 1 * laneWidth); streamLane(a02 * s, on + 2 * laneWidth); streamLane(a03 * s, on + 3 * laneWidth)
         }
       }
       m0 += 7
@@ -7713,25 +8419,37 @@ extension NeighborhoodTiles {
                            oStep: oStep, scale: scale)
     case (2, 2): pvs2x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
                            oStep: oStep, scale: scale)
+    case (2, 4): pvs2x4(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
     case (3, 1): pvs3x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
                            oStep: oStep, scale: scale)
     case (3, 2): pvs3x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (3, 4): pvs3x4(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
                            oStep: oStep, scale: scale)
     case (4, 1): pvs4x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
                            oStep: oStep, scale: scale)
     case (4, 2): pvs4x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
                            oStep: oStep, scale: scale)
+    case (4, 4): pvs4x4(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
     case (5, 1): pvs5x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
                            oStep: oStep, scale: scale)
     case (5, 2): pvs5x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (5, 4): pvs5x4(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
                            oStep: oStep, scale: scale)
     case (6, 1): pvs6x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
                            oStep: oStep, scale: scale)
     case (6, 2): pvs6x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
                            oStep: oStep, scale: scale)
+    case (6, 4): pvs6x4(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
     case (7, 1): pvs7x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
                            oStep: oStep, scale: scale)
     case (7, 2): pvs7x2(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
+                           oStep: oStep, scale: scale)
+    case (7, 4): pvs7x4(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
                            oStep: oStep, scale: scale)
     case (8, 1): pvs8x1(p, xs: xs, v: v, vCol: vCol, vRow: vRow, rows: rows, count: count, o,
                            oStep: oStep, scale: scale)
