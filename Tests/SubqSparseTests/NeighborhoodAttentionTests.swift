@@ -36,9 +36,10 @@ struct NeighborhoodAttentionTests {
     var layout = AttentionLayout.bhsd
     var softcap: Float? = nil
     var rpb = false
+    var valueStep = NeighborhoodAttention.ValueStep.automatic
     var description: String {
       "grid \(grid) k \(kernel) dil \(dilation) causal \(causal) B\(b) H\(hq):\(hkv) D\(d) Dv\(dv) \(layout)"
-        + (softcap.map { " softcap \($0)" } ?? "") + (rpb ? " rpb" : "")
+        + (softcap.map { " softcap \($0)" } ?? "") + (rpb ? " rpb" : "") + " \(valueStep)"
     }
     func axis(_ a: Int) -> (L: Int, k: Int, d: Int, c: Bool) {
       (grid[a], kernel.count == 1 ? kernel[0] : kernel[a], dilation.count == 1 ? dilation[0] : dilation[a],
@@ -72,8 +73,9 @@ struct NeighborhoodAttentionTests {
     if c.rpb {
       rpb = Tensor.randomNormal(shape: [c.hq] + (0..<c.grid.count).map { 2 * c.axis($0).k - 1 }, seed: seed + 3)
     }
-    let method = try NeighborhoodAttention(grid: c.grid, kernel: c.kernel, dilation: c.dilation, causalAxes: c.causal,
+    var method = try NeighborhoodAttention(grid: c.grid, kernel: c.kernel, dilation: c.dilation, causalAxes: c.causal,
                                            relativePositionBias: rpb)
+    method.valueStep = c.valueStep
     let opts = AttentionOptions(softcap: c.softcap, layout: c.layout, returnLSE: true)
     let r = try method.attention(queries: q, keys: k, values: v, options: opts)
     var bias: ((Int, Int, Int, Int) -> Double)? = nil
@@ -171,19 +173,21 @@ struct NeighborhoodAttentionTests {
 
   /// In single-chunk bands, the queries whose windows on the lane axis are neither shifted nor cut
   /// by the grid's edges take the sliding value step (one pass per grid row along the strip, k
-  /// queries' sums in flight); the border queries keep the per-tile step. Covered: every window
-  /// width with a sliding tile (2 to 13; 14 falls back), non-causal and causal lane axes, runs of
-  /// even-window queries that start and end inside a lane vector, two strips (150 and 260
-  /// columns), dilation on the lane axis (groups of 75 and 74), Dv of one, three and five lane
-  /// vectors (on AVX-512 passes of 2 + 1, 2 + 2 + 1 and 4 + 1 vectors), grouped heads, bshd,
-  /// softcap and bias.
-  @Test func slidingValueStep() throws {
+  /// queries' sums in flight) when `valueStep` says so; the border queries keep the group tile.
+  /// Both steps on: every window width with a sliding tile (2 to 13; 14 falls back), non-causal
+  /// and causal lane axes, runs of even-window queries that start and end inside a lane vector, two
+  /// strips (150 and 260 columns), dilation on the lane axis (groups of 75 and 74), Dv of one,
+  /// three and five lane vectors (passes of 2 + 1, 2 + 2 + 1 and 4 + 1 vectors on AVX-512),
+  /// grouped heads, bshd, softcap and bias.
+  @Test(arguments: [NeighborhoodAttention.ValueStep.sliding, .grouped])
+  func slidingValueStep(_ step: NeighborhoodAttention.ValueStep) throws {
     for k in 2...14 {
-      try check(Case(grid: [4, 41], kernel: [3, k], causal: [false, k % 3 == 0], hq: 1, d: 16, dv: 16))
+      try check(Case(grid: [4, 41], kernel: [3, k], causal: [false, k % 3 == 0], hq: 1, d: 16, dv: 16, valueStep: step))
     }
-    try check(Case(grid: [5, 150], kernel: [3, 7], b: 2, hq: 4, hkv: 2, d: 32, dv: 48))
-    try check(Case(grid: [6, 260], kernel: [5, 9], causal: [false, true], hq: 2, d: 16, dv: 80, layout: .bshd))
-    try check(Case(grid: [6, 149], kernel: [3, 5], dilation: [1, 2], hq: 2, hkv: 1, d: 24, dv: 80, softcap: 5, rpb: true))
+    try check(Case(grid: [5, 150], kernel: [3, 7], b: 2, hq: 4, hkv: 2, d: 32, dv: 48, valueStep: step))
+    try check(Case(grid: [6, 260], kernel: [5, 9], causal: [false, true], hq: 2, d: 16, dv: 80, layout: .bshd, valueStep: step))
+    try check(Case(grid: [6, 149], kernel: [3, 5], dilation: [1, 2], hq: 2, hkv: 1, d: 24, dv: 80, softcap: 5, rpb: true,
+                   valueStep: step))
   }
 
   @Test func softcapAndRelativePositionBias() throws {
