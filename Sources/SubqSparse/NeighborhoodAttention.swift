@@ -29,7 +29,7 @@ import SubqKernels
 /// packed transposed like K and O is transposed back. When a band's tiles each need one softmax
 /// chunk (a single plane of keys on axis 0 and a window of at most 13 columns on the lanes axis,
 /// e.g. 2-D 7×7), the value step of the queries whose windows on that axis are neither shifted nor
-/// cut by the grid's edges is deferred: their tiles leave the probabilities in a band buffer, and
+/// cut by the grid's edges is deferred (by default on AVX-512 builds only, see ``valueStep``): their tiles leave the probabilities in a band buffer, and
 /// one pass per grid row slides along the strip with the k in-flight queries' sums in registers
 /// (query n enters at its first key column and leaves, scaled and stored, after its last), so each
 /// V load serves k queries and no FMA is spent outside a window but at the strip's two ends (a
