@@ -29,12 +29,13 @@ import SubqKernels
 /// packed transposed like K and O is transposed back. When a band's tiles each need one softmax
 /// chunk (a single plane of keys on axis 0 and a window of at most 13 columns on the lanes axis,
 /// e.g. 2-D 7×7), the value step of the queries whose windows on that axis are neither shifted nor
-/// cut by the grid's edges is deferred (by default on AVX-512 builds only, see ``valueStep``): their tiles leave the probabilities in a band buffer, and
-/// one pass per grid row slides along the strip with the k in-flight queries' sums in registers
-/// (query n enters at its first key column and leaves, scaled and stored, after its last), so each
-/// V load serves k queries and no FMA is spent outside a window but at the strip's two ends (a
-/// group of four queries sees 10 columns for 7 keys each). Border lanes, whose windows are shifted, are handled by
-/// widening the offset range of their vector and masking per lane; interior chunks without softcap
+/// cut by the grid's edges is deferred (by default on AVX-512 builds only, see ``valueStep``):
+/// their tiles leave the probabilities in a band buffer, and one pass per grid row slides along
+/// the strip with the k in-flight queries' sums in registers (query n enters at its first key
+/// column and leaves, scaled and stored, after its last), so each V load serves k queries and no
+/// FMA is spent outside a window but at the strip's two ends (a group of four queries sees 10
+/// columns for 7 keys each). Border lanes, whose windows are shifted, are handled by widening the
+/// offset range of their vector and masking per lane; interior chunks without softcap
 /// or bias skip the masking pass. Softmax is online over chunks of at most ~512 keys per query (one
 /// chunk for 2-D 7×7); scores are kept in log2 units as in ``FlashAttention``. The last grid axis
 /// (the one on the lanes) is split into column strips of at most ``stripTarget`` query columns
@@ -363,7 +364,8 @@ struct NeighborhoodPlan: Sendable {
   /// windows are not shifted or cut at the grid's edges, and the band's probability buffer
   /// `[R][slotsX][width][slideStride]` (query columns of the strip from `slideMargin`, with
   /// `slideMargin` columns either side that the step reads and drops).
-  let slideWidth: Int, slideOffset: Int, slideMargin: Int, slideStride: Int
+  let slideWidth: Int, slideOffset: Int, slideMargin: Int
+  var slideStride: Int { NeighborhoodTiles.slideStride }
   /// Largest rows-per-plane product, for the cache tags.
   let tagRows: Int
   /// Chunk sizes (key rows × offsets) of the online softmax.
@@ -474,7 +476,7 @@ struct NeighborhoodPlan: Sendable {
     slideWidth = sliding && naturalV && ax0.kernel == 1 && NeighborhoodTiles.hasSlidingTile(width: ax2.kernel) ? ax2.kernel : 0
     slideOffset = ax2.causal ? -(ax2.kernel - 1) : -(ax2.kernel / 2)
     slideMargin = slideWidth == 0 ? 0 : (slideWidth - 1 + Lw - 1) / Lw * Lw
-    slideStride = NeighborhoodTiles.slideStride
+    let slideStride = NeighborhoodTiles.slideStride
     precondition(slideWidth == 0 || stripWidth + 2 * slideMargin <= slideStride, "neighborhood: strip too wide for the sliding step")
     let b0 = 2 * ax0.kernel - 1, b1 = 2 * ax1.kernel - 1, b2 = 2 * ax2.kernel - 1
     biasStride = b0 * b1 * b2
@@ -816,6 +818,19 @@ struct NeighborhoodPlan: Sendable {
     if any(c .!= c) { tags[slotsZ * slotsX] = 1 }
   }
 
+  /// Band buffer of the sliding step: the probability of query column `column` (sub-grid, in the
+  /// strip from `cs`) at offset 0 of the window for key row `x` (relative to the band's first)
+  /// of tile row `r`; offset g is `g · slideStride` further.
+  @inline(__always) func slideProbabilities(_ scratch: UnsafeMutablePointer<Float>, r: Int, x: Int, column: Int, cs: Int)
+    -> UnsafeMutablePointer<Float> {
+    scratch + slideOff + ((r * slotsX + x) * slideWidth) * slideStride + slideMargin + column - cs
+  }
+
+  /// Band buffer of the sliding step: 1/l of query column `column` of tile row `r`.
+  @inline(__always) func slideScales(_ scratch: UnsafeMutablePointer<Float>, r: Int, column: Int, cs: Int) -> UnsafeMutablePointer<Float> {
+    scratch + slideSumsOff + r * slideStride + slideMargin + column - cs
+  }
+
   /// The queries of `strip` (sub-grid columns) whose windows on the lanes axis are ``slideWidth``
   /// columns at ``slideOffset``, neither shifted nor cut by the grid's edges: a contiguous run
   /// (windows are monotone), empty without a sliding tile.
@@ -838,11 +853,11 @@ struct NeighborhoodPlan: Sendable {
   func slideRows(_ s: NeighborhoodSubgrid, b: Int, h: Int, g: Int, c0: Int, c1: Int, rows R: Int, z: Int, xLo: Int,
                  queries: Range<Int>, cs: Int, v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
                  scratch: UnsafeMutablePointer<Float>) {
-    let probs = scratch + slideOff, sums = scratch + slideSumsOff
     let oStep = ax2.dilation * p.outputRows.rowStride
     for r in 0..<R {
       let x0 = ax1.windowStart(c1 + r, groupLength: s.n1)
-      let pr = probs + ((r * slotsX + x0 - xLo) * slideWidth) * slideStride + slideMargin + queries.lowerBound - cs
+      let pr = slideProbabilities(scratch, r: r, x: x0 - xLo, column: queries.lowerBound, cs: cs)
+      let scale = slideScales(scratch, r: r, column: queries.lowerBound, cs: cs)
       let vr = v + p.valueRows.offset(batch: b, head: g, row: position(s, z, x0, queries.lowerBound + slideOffset))
       let or = out + p.outputRows.offset(batch: b, head: h, row: position(s, c0, c1 + r, queries.lowerBound))
       var cb = 0
@@ -850,7 +865,7 @@ struct NeighborhoodPlan: Sendable {
         let nv = NeighborhoodPlan.slideVectors(width: slideWidth, left: (p.valueDim - cb) / laneWidth)
         NeighborhoodTiles.pvs(width: slideWidth, vectors: nv, pr, xs: slideWidth * slideStride, v: vr + cb, vCol: vCol, vRow: vRow,
                               rows: ax1.windowCount(c1 + r), count: queries.count, or + cb, oStep: oStep,
-                              scale: sums + r * slideStride + slideMargin + queries.lowerBound - cs)
+                              scale: scale)
         cb += nv * laneWidth
       }
     }
@@ -1101,12 +1116,11 @@ struct NeighborhoodPlan: Sendable {
                 // The deferred lanes' probabilities (offsets slideOffset ..< + slideWidth, which their
                 // windows are) and 1/l go to the band's buffer, at the tile's columns; the whole
                 // vectors are copied, the other lanes' entries are never used.
-                let probs = scratch + slideOff + slideMargin + i0 - cs, sums = scratch + slideSumsOff + slideMargin + i0 - cs
                 for r in 0..<R {
-                  storeLane(invV[r], sums + r * slideStride)
+                  storeLane(invV[r], slideScales(scratch, r: r, column: i0, cs: cs))
                   for x in max(xc, xStart(r))..<min(xe, xEnd(r)) {
                     let src = st + r * sRow + (x - xc) * go + slideOffset - oc
-                    let dst = probs + ((r * slotsX + x - xLo) * slideWidth) * slideStride
+                    let dst = slideProbabilities(scratch, r: r, x: x - xLo, column: i0, cs: cs)
                     for g in 0..<slideWidth { storeLane(src[g], dst + g * slideStride) }
                   }
                 }
