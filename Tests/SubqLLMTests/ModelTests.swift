@@ -130,18 +130,27 @@ struct ModelForwardTests {
   }
 
   /// A Float16 cache: prefill and decode logits match a Float64 reference whose keys and values
-  /// are rounded to Float16 the same way, and differ from the Float32 cache's (so the conversion is
-  /// really used). Tolerance 1e-3: a value within Float32 rounding of a Float16 rounding boundary
-  /// can round to the neighbouring Float16 value in one of the two computations (one Float16 ulp,
-  /// 2⁻¹¹ relative); that leaves about 2e-4 here, while comparing with the unrounded reference
-  /// (i.e. a cache that rounds wrongly or not at all) gives about 5e-3.
+  /// are rounded to Float16 the same way, stay within Float16 precision of the unrounded
+  /// reference, and differ from the Float32 cache's (so the conversion is really used).
+  ///
+  /// Why a median over positions. A key or value within Float32 rounding (about 1e-6 relative)
+  /// of a Float16 rounding boundary rounds to the neighbouring Float16 value in one of the two
+  /// computations, and the second layer amplifies such a flip: at a few positions the logits then
+  /// move by up to 1e-2. The reference does the same to itself — jittering its keys and values by
+  /// 1e-6 before rounding moves the same positions by the same amounts — so a bound on the error
+  /// over all positions measures those flips, not the cache (the former bound of 1e-3 on it failed
+  /// for 1 seed in about 60). The median of the 81 per-position errors ignores the few flipped
+  /// positions: over 62 seeds it was at most 1.4e-4 against the rounded reference and at least
+  /// 1.7e-3 against the unrounded one (a cache that rounds wrongly or not at all); tolerance 5e-4.
+  /// Against the unrounded reference, the error over all positions was at most 6.8e-3 (42 seeds);
+  /// bound 2e-2, below what a wrong key, value or position does.
   @Test func float16CacheStaysClose() throws {
     let seed = testSeed(16)
     let (tiny, url, dir) = try writeTinyModel({ $0.dim = 192; $0.heads = 3; $0.kvHeads = 1 }, seed: seed)
     defer { try? FileManager.default.removeItem(at: dir) }
     let model = try LlamaModel(path: url.path)
     let toks = tokens(280, vocab: tiny.vocab, seed: seed)
-    let ref = tiny.referenceLogits(toks), refHalf = tiny.referenceLogits(toks, halfKV: true)
+    let ref = Array(tiny.referenceLogits(toks)[199...]), refHalf = Array(tiny.referenceLogits(toks, halfKV: true)[199...])
     var runs: [[[Float]]] = []
     for storage in KVStorageType.allCases {
       let session = try LlamaSession(model: model, capacity: toks.count, threads: 2, cache: storage)
@@ -150,10 +159,17 @@ struct ModelForwardTests {
       for t in toks[200...] { got.append(try session.decode(t)) }
       runs.append(got)
     }
-    let e32 = relativeError(runs[0], Array(ref[199...])), e16 = relativeError(runs[1], Array(refHalf[199...]))
+    func medianError(_ got: [[Float]], _ want: [[Double]]) -> Double {
+      let e = zip(got, want).map { relativeError([$0], [$1]) }.sorted()
+      return e[e.count / 2]
+    }
+    let e32 = relativeError(runs[0], ref)
     #expect(e32 <= Self.tolerance, "f32 error \(e32), seed \(seed)")
-    #expect(e16 <= 1e-3, "f16 error \(e16) against the Float16-rounded reference, seed \(seed)")
-    #expect(relativeError(runs[1], Array(ref[199...])) > 10 * e32, "the Float16 cache changed nothing")
+    let m16 = medianError(runs[1], refHalf), m16Unrounded = medianError(runs[1], ref)
+    #expect(m16 <= 5e-4, "f16 median error \(m16) against the Float16-rounded reference (\(m16Unrounded) against the unrounded one), seed \(seed)")
+    let e16 = relativeError(runs[1], ref)
+    #expect(e16 <= 2e-2, "f16 error \(e16) against the unrounded reference, seed \(seed)")
+    #expect(e16 > 10 * e32, "the Float16 cache changed nothing")
   }
 
   /// Changing tokens after position i leaves the logits of positions ≤ i unchanged (causality).
