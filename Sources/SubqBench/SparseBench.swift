@@ -22,7 +22,9 @@ public struct SparseBench {
     public var heads = 4
     public var dim = 64
     public var repeats = 3
-    public var flashRepeats = 1
+    /// Rounds of the flash comparison. Five by default: on a shared host single rounds of one run
+    /// ranged from 33% to 59%, their medians from 50% to 55% (128×128, 7×7, two threads).
+    public var flashRepeats = 5
     public var grid = [128, 128]
     public var kernel = 7
     public var sinks = 4

@@ -29,7 +29,7 @@ struct SparseBenchCommand: ParsableCommand {
   @Option(help: "Sinks recent window W.") var window = 1024
   @Option(help: "Timed runs per measurement.") var `repeat` = 3
   @Option(name: .customLong("flash-repeat"), help: "Rounds of the flash comparison: one timed flash run (slow) and --repeat neighborhood runs each.")
-  var flashRepeat = 1
+  var flashRepeat = SparseBench.Config().flashRepeats
   @Option(help: "Worker threads (default: all cores).") var threads: Int?
   @Flag(name: .customLong("skip-flash"), help: "Only the scaling part.") var skipFlash = false
   @Flag(help: "Print JSON instead of tables.") var json = false
