@@ -225,11 +225,10 @@ def pvn_dispatch():
     L.append("    switch (queries, vectors) {")
     for Q in NAT_QUERIES:
         for NV in NAT_VECTORS:
-            pp = "p"
             oo = ", ".join(f"o + {t} * oStride" for t in range(Q))
             bb = ", ".join(f"a{t}: a{t}, e{t}: e{t}" for t in range(Q))
             sc = ", ".join(f"s{t}: scale[{t}]" for t in range(Q))
-            L.append(f"    case ({Q}, {NV}): pvn{Q}x{NV}({pp}, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, {bb}, {oo},")
+            L.append(f"    case ({Q}, {NV}): pvn{Q}x{NV}(p, pStep: pStep, pRow: pRow, v: v, vCol: vCol, vRow: vRow, rows: rows, {bb}, {oo},")
             L.append(f"                      direct: direct, {sc}, pf: pf, pfLast: pfLast)")
     L.append("    default: preconditionFailure(\"no natural neighborhood tile \\(queries)x\\(vectors)\")")
     L.append("    }")

@@ -760,9 +760,8 @@ struct NeighborhoodPlan: Sendable {
           }
         }
       }
-      // Whether the band's even-window queries slide (one softmax chunk per tile: one plane of
-      // keys and at most `chunkX` key rows; see `direct` in `tile`).
-      let slide = !even.isEmpty && zCount == 1 && xHi - xLo <= chunkX
+      // Whether the band's even-window queries slide: only when its tiles are direct (see `tile`).
+      let slide = !even.isEmpty && oneChunk(planes: zCount, keyRows: xHi - xLo)
       // The next band's new key rows, prefetched a share per tile while this band computes (the
       // next band of the plane: usually the same worker's next item).
       let next = c1 + R
@@ -817,6 +816,11 @@ struct NeighborhoodPlan: Sendable {
     let c = check - check
     if any(c .!= c) { tags[slotsZ * slotsX] = 1 }
   }
+
+  /// Whether the keys of a band whose windows cover `planes` planes and `keyRows` key rows fit one
+  /// softmax chunk on those two axes. A tile is direct when they do and its offsets fit one chunk
+  /// too, which the sliding step's windows of at most 13 columns always do.
+  @inline(__always) func oneChunk(planes: Int, keyRows: Int) -> Bool { planes == 1 && keyRows <= chunkX }
 
   /// Band buffer of the sliding step: the probability of query column `column` (sub-grid, in the
   /// strip from `cs`) at offset 0 of the window for key row `x` (relative to the band's first)
@@ -984,7 +988,7 @@ struct NeighborhoodPlan: Sendable {
     let sRow = gx * go
     // One softmax chunk holds every row's whole window (e.g. 2-D 7×7): the value step starts its
     // sums at zero and writes O = sums / l straight to the output rows, with no Oᵀ scratch.
-    let direct = naturalV && zCount == 1 && xHi - xLo <= gx && oHi - oLo <= go
+    let direct = naturalV && oneChunk(planes: zCount, keyRows: xHi - xLo) && oHi - oLo <= go
     // (A band slides only when its tiles are direct: windows of at most 13 columns span at most 25
     // offsets, within one chunk.)
     precondition(direct || deferred.isEmpty, "neighborhood: deferred value step in a multi-chunk tile")
